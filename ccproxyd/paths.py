@@ -1,0 +1,116 @@
+"""The path parser: URL path → Route. Pure, no I/O.
+
+Every chat path works bare, under ``/{group}/``, under ``/compat_mode/`` (or
+``/compat/``) and under ``/{group}/compat_mode/``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+RESERVED_SEGMENTS = frozenset(
+    {"v1", "v1beta", "api", "compat_mode", "compat", "sse", "mcp", "healthz", "metrics"}
+)
+GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    protocol: str | None  # openai | claude | gemini | ollama | None (service endpoints)
+    action: str  # chat | models | count_tokens | show | version | root | health | metrics | mcp_sse | mcp_http
+    group: str | None = None
+    compat: bool = False
+    model: str | None = None  # from the path (Gemini)
+    stream: bool | None = None  # from the path (Gemini)
+    gemini_sse: bool = False  # ?alt=sse on streamGenerateContent
+
+
+# (method set, regex of the rest of the path, protocol, action)
+_ENDPOINTS: list[tuple[frozenset[str], str, str, str]] = [
+    (frozenset({"POST"}), r"v1/chat/completions", "openai", "chat"),
+    (frozenset({"GET"}), r"v1/models", "openai", "models"),
+    (frozenset({"POST"}), r"v1/messages", "claude", "chat"),
+    (frozenset({"POST"}), r"v1/messages/count_tokens", "claude", "count_tokens"),
+    (frozenset({"GET"}), r"v1beta/models", "gemini", "models"),
+    (frozenset({"POST"}), r"v1beta/models/(?P<model>[^/:]+(?:/[^/:]+)*?)[:/](?P<method>generateContent|streamGenerateContent|countTokens)", "gemini", "chat"),
+    (frozenset({"POST"}), r"api/chat", "ollama", "chat"),
+    (frozenset({"GET"}), r"api/tags", "ollama", "models"),
+    (frozenset({"POST"}), r"api/show", "ollama", "show"),
+    (frozenset({"GET"}), r"api/version", "ollama", "version"),
+]
+_PREFIX = (
+    r"^/(?:(?P<group>(?!(?:" + "|".join(sorted(RESERVED_SEGMENTS)) + r")/)[^/]+)/)?"
+    r"(?:(?P<compat>compat_mode|compat)/)?"
+)
+_COMPILED = [
+    (methods, re.compile(_PREFIX + rest + r"/?$"), protocol, action) for methods, rest, protocol, action in _ENDPOINTS
+]
+_SERVICE = {
+    "/": "root",
+    "/healthz": "health",
+    "/metrics": "metrics",
+}
+_MCP = re.compile(r"^/(?P<kind>sse|mcp)(?:/.*)?$")
+_PROTOCOL_HINT = [
+    (re.compile(r"/v1beta(/|$)"), "gemini"),
+    (re.compile(r"/api(/|$)"), "ollama"),
+    (re.compile(r"/v1/messages"), "claude"),
+]
+
+
+class PathNotFound(Exception):
+    def __init__(self, protocol: str) -> None:
+        super().__init__(protocol)
+        self.protocol = protocol
+
+
+class MethodNotAllowed(PathNotFound):
+    pass
+
+
+def guess_protocol(path: str) -> str:
+    """The protocol a path looks like, for shaping a 404 the client can parse."""
+    for pattern, protocol in _PROTOCOL_HINT:
+        if pattern.search(path):
+            return protocol
+    return "openai"
+
+
+def parse_path(method: str, path: str, query: dict[str, str] | None = None) -> Route:
+    """Map a request line to a Route, or raise PathNotFound / MethodNotAllowed."""
+    method = "GET" if method == "HEAD" else method
+    if path in _SERVICE:
+        return Route(None, _SERVICE[path])
+    m = _MCP.match(path)
+    if m:
+        return Route(None, "mcp_sse" if m["kind"] == "sse" else "mcp_http")
+    wrong_method = False
+    for methods, pattern, protocol, action in _COMPILED:
+        m = pattern.match(path)
+        if not m:
+            continue
+        group = m["group"]
+        if group is not None and (group in RESERVED_SEGMENTS or not GROUP_NAME.match(group)):
+            continue
+        if method not in methods:
+            wrong_method = True
+            continue
+        if protocol == "gemini" and action == "chat":
+            gmethod = m["method"]
+            if gmethod == "countTokens":
+                action = "count_tokens"
+            stream = gmethod == "streamGenerateContent"
+            return Route(
+                protocol,
+                action,
+                group,
+                m["compat"] is not None,
+                model=m["model"],
+                stream=stream,
+                gemini_sse=stream and (query or {}).get("alt") == "sse",
+            )
+        return Route(protocol, action, group, m["compat"] is not None)
+    if wrong_method:
+        raise MethodNotAllowed(guess_protocol(path))
+    raise PathNotFound(guess_protocol(path))
