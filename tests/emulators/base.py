@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Reply:
     chunks: int = 3  # how many pieces the text is streamed in (at least)
     chunk_delay: float = 0.0  # seconds between stream frames
     error_after_start: bool = False  # send the protocol's mid-stream error after the first frames
+    headers_delay: float = 0.0  # seconds before the response headers (a hanging upstream)
 
     @property
     def finish_reason(self) -> str:
@@ -57,7 +59,7 @@ class Reply:
 class Received:
     path: str
     query: dict[str, str]
-    headers: dict[str, str]
+    headers: CIMultiDict  # case-insensitive, like HTTP
     body: Any
 
 
@@ -82,13 +84,18 @@ class Emulator:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw
-        self.received.append(Received(request.path, dict(request.query), dict(request.headers), body))
+        self.received.append(Received(request.path, dict(request.query), CIMultiDict(request.headers), body))
         self.request_started.set()
         return body
 
     @property
     def last(self) -> Received:
         return self.received[-1]
+
+    @staticmethod
+    async def hold_headers(reply: Reply) -> None:
+        if reply.headers_delay:
+            await asyncio.sleep(reply.headers_delay)  # emulated hang before answering, not a test wait
 
     @staticmethod
     async def pause(reply: Reply) -> None:

@@ -1,0 +1,315 @@
+"""One chat request from decoded client body to bytes on the client's socket.
+
+The dispatcher knows adapters only through their common interface: it decodes
+with the client's adapter, plans attempts, encodes with each upstream's
+adapter, and streams IR events back through the client's encoder. Failover is
+possible until the first byte reaches the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from . import ir
+from .config import Config, Group
+from .errors import (
+    BadGateway,
+    ClientError,
+    Forbidden,
+    NotFound,
+    ProxyError,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from .images import inline_images
+from .observe import RequestRecord
+from .paths import Route
+from .protocols import ADAPTERS
+from .protocols.base import Adapter, ModelInfo, UpstreamTarget
+from .routing import Attempt, Router, is_retryable, resolve_alias, resolve_group
+from .shaping import finish_call, shape_request, use_compat
+from .streams import FrameTooLarge
+from .upstream import UpstreamClient
+
+log = logging.getLogger("ccproxyd.dispatch")
+
+_MAX_RESPONSE = 64 * 1024 * 1024
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, refused early when it is over ``limit`` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"request body is {request.content_length} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ClientError("request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise ClientError(f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ClientError(f"request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+@dataclass(slots=True)
+class Plan:
+    group: Group
+    alias: str
+    attempts: list[Attempt]
+    skipped: int
+
+
+class Dispatcher:
+    def __init__(self, router: Router, upstream: UpstreamClient) -> None:
+        self.router = router
+        self.upstream = upstream
+
+    # ------------------------------------------------------------ planning
+
+    def plan(self, config: Config, route: Route, model: str, record: RequestRecord, key_groups: tuple[str, ...] = ()) -> Plan:
+        group, alias_name = resolve_group(config, route.group, model)
+        if key_groups and group.name not in key_groups:
+            raise Forbidden(f"this access key may not use group {group.name!r}")
+        alias = resolve_alias(group, alias_name)
+        record.group, record.alias = group.name, alias_name
+        attempts, skipped = self.router.plan(config, group, alias)
+        return Plan(group, alias_name, attempts, skipped)
+
+    # ------------------------------------------------------------ chat
+
+    async def chat(self, request: web.Request, route: Route, config: Config, record: RequestRecord, key_groups: tuple[str, ...]) -> web.StreamResponse:
+        inbound = ADAPTERS[route.protocol or "openai"]
+        body = await read_json_body(request, config.server.max_body_bytes)
+        client_req = inbound.decode_request(body, route, request.headers)
+        record.stream = client_req.stream
+        plan = self.plan(config, route, client_req.model, record, key_groups)
+        failures: list[ProxyError] = []
+        for attempt in plan.attempts:
+            outbound = ADAPTERS[attempt.provider.protocol]
+            compat = use_compat(plan.group, attempt.provider, route.compat)
+            record.target, record.compat, record.upstream_protocol = attempt.label, compat, outbound.name
+            release: list[Any] = []
+            try:
+                try:
+                    events = await self._open_events(request, config, client_req, plan, attempt, outbound, compat, record, release)
+                    if client_req.stream:
+                        first = await self._first_events(events, record)
+                    else:
+                        response = await self._collect(events, client_req, record)
+                except ProxyError as e:
+                    if isinstance(e, UpstreamError) and not is_retryable(e):
+                        raise
+                    self.router.failed(attempt, e, config.server.cooldown_max)
+                    failures.append(e)
+                    record.attempts.append(f"{attempt.label}:{e.status}")
+                    continue
+                self.router.succeeded(attempt)
+                if client_req.stream:
+                    return await self._stream_to_client(request, route, inbound, client_req, first, events, record, attempt)
+                record.status = 200
+                body = orjson.dumps(inbound.encode_response(response, client_req))
+                return web.Response(body=body, content_type="application/json", headers=self._headers(record, attempt))
+            finally:
+                for resp in release:
+                    resp.close()
+        raise self._exhausted(plan, failures)
+
+    async def _open_events(
+        self, request: web.Request, config: Config, client_req: ir.Request, plan: Plan, attempt: Attempt,
+        outbound: Adapter, compat: bool, record: RequestRecord, release: list[Any],
+    ) -> AsyncIterator[ir.Event]:
+        """The upstream's answer as IR events; the upstream response is put in ``release`` to be closed."""
+        shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias)
+        tools = shaped.tools
+        if compat and shaped.tools:
+            from .compat import prepare_request
+
+            shaped = prepare_request(shaped, plan.group.prompt_position)
+        if outbound.inline_images_only:
+            shaped = await inline_images(shaped, self.upstream, config.server)
+        target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)
+        call = outbound.encode_request(shaped, target)
+        finish_call(call, attempt.provider, request.headers, record.request_id)
+        started = time.monotonic()
+        resp = await self.upstream.open(call, attempt.provider)
+        record.upstream_seconds += time.monotonic() - started
+        release.append(resp)
+        if resp.status >= 400:
+            raise outbound.decode_error(resp.status, await self.upstream.read_error(resp))
+        if call.stream:
+            events = outbound.decode_stream(resp.chunks)
+        else:
+            body = await resp.read_all(_MAX_RESPONSE)
+            try:
+                events = ir.iterate(ir.response_events(outbound.decode_response(body)))
+            except (ValueError, KeyError, TypeError) as e:
+                raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
+        if compat and tools:
+            from .compat import parse_stream
+
+            events = parse_stream(events, tools)
+        return _guard(events)
+
+    async def _first_events(self, events: AsyncIterator[ir.Event], record: RequestRecord) -> list[ir.Event]:
+        """Events up to the first content, so an early upstream error can still fail over."""
+        started = time.monotonic()
+        first: list[ir.Event] = []
+        async for event in events:
+            if isinstance(event, ir.StreamError):
+                raise UpstreamError(event.status, event.kind, event.message)
+            first.append(event)
+            if not isinstance(event, ir.ResponseStart):
+                break
+        record.upstream_seconds += time.monotonic() - started
+        return first
+
+    async def _stream_to_client(
+        self, request: web.Request, route: Route, inbound: Adapter, client_req: ir.Request,
+        first: list[ir.Event], events: AsyncIterator[ir.Event], record: RequestRecord, attempt: Attempt,
+    ) -> web.StreamResponse:
+        encoder = inbound.stream_encoder(client_req, route)
+        resp = web.StreamResponse(status=200, headers=self._headers(record, attempt, STREAM_HEADERS))
+        resp.content_type = encoder.content_type
+        await resp.prepare(request)
+        record.status = 200
+        record.ttfb = time.monotonic() - record.started
+        out = encoder.begin()
+        for event in first:
+            _count(record, event)
+            out += encoder.encode(event)
+        await resp.write(out)
+        async for event in events:
+            if isinstance(event, ir.StreamError):
+                record.error_kind = event.kind
+                await resp.write(encoder.error(UpstreamError(event.status, event.kind, event.message)))
+                break
+            _count(record, event)
+            data = encoder.encode(event)
+            if data:
+                await resp.write(data)
+        else:
+            await resp.write(encoder.end())
+        await resp.write_eof()
+        return resp
+
+    async def _collect(self, events: AsyncIterator[ir.Event], client_req: ir.Request, record: RequestRecord) -> ir.Response:
+        started = time.monotonic()
+        response = await ir.collect(events, client_req.model)
+        record.upstream_seconds += time.monotonic() - started
+        _count(record, response.usage)
+        return response
+
+    def _headers(self, record: RequestRecord, attempt: Attempt, extra: dict[str, str] | None = None) -> dict[str, str]:
+        overhead = max(0.0, time.monotonic() - record.started - record.upstream_seconds)
+        headers = {"x-ccproxy-target": attempt.label, "x-ccproxy-overhead-ms": f"{overhead * 1000:.2f}"}
+        if extra:
+            headers.update(extra)
+        return headers
+
+    @staticmethod
+    def _exhausted(plan: Plan, failures: list[ProxyError]) -> ProxyError:
+        tried = len(failures)
+        if not failures:
+            return Unavailable(f"every target of {plan.alias!r} is cooling down after recent failures ({plan.skipped} skipped); retry shortly")
+        last = failures[-1]
+        detail = f"{plan.alias!r}: {tried} attempt{'s' if tried != 1 else ''} failed"
+        if plan.skipped:
+            detail += f", {plan.skipped} target(s) cooling down"
+        if all(isinstance(f, UpstreamError) and f.status == 429 for f in failures):
+            return RateLimited(f"{detail}; every target is rate limited (last: {last.message})")
+        if tried == 1 and isinstance(last, (UpstreamTimeout, BadGateway)) and not plan.skipped:
+            return type(last)(f"{detail}: {last.message}")
+        if isinstance(last, UpstreamTimeout) and all(isinstance(f, UpstreamTimeout) for f in failures):
+            return UpstreamTimeout(f"{detail}; last: {last.message}")
+        return Unavailable(f"{detail}; last: {last.message}")
+
+    # ------------------------------------------------------------ the other endpoints
+
+    def model_infos(self, config: Config, route: Route, key_groups: tuple[str, ...]) -> list[ModelInfo]:
+        group, _ = resolve_group(config, route.group, "")
+        if key_groups and group.name not in key_groups:
+            raise Forbidden(f"this access key may not use group {group.name!r}")
+        return [self._info(config, a) for a in group.aliases if not a.is_pattern]
+
+    @staticmethod
+    def _info(config: Config, alias: Any) -> ModelInfo:
+        providers = [config.providers[t.provider] for t in alias.targets]
+        return ModelInfo(alias.name, vision=bool(providers) and all(p.vision for p in providers), targets=tuple(str(t) for t in alias.targets))
+
+    async def show(self, request: web.Request, route: Route, config: Config, key_groups: tuple[str, ...]) -> dict[str, Any]:
+        adapter = ADAPTERS[route.protocol or "ollama"]
+        body = await read_json_body(request, config.server.max_body_bytes)
+        model = adapter.model_from_body(body)
+        if not model:
+            raise ClientError("model is required", param="model")
+        group, name = resolve_group(config, route.group, model)
+        if key_groups and group.name not in key_groups:
+            raise Forbidden(f"this access key may not use group {group.name!r}")
+        alias = resolve_alias(group, name)
+        info = self._info(config, alias)
+        info.id = name
+        return adapter.encode_model_info(info)
+
+    async def count_tokens(self, request: web.Request, route: Route, config: Config, record: RequestRecord, key_groups: tuple[str, ...]) -> dict[str, Any]:
+        """Forwarded to an upstream that can count; otherwise (or if that fails) estimated."""
+        inbound = ADAPTERS[route.protocol or "claude"]
+        body = await read_json_body(request, config.server.max_body_bytes)
+        client_req = inbound.decode_request(body, route, request.headers)
+        plan = self.plan(config, route, client_req.model, record, key_groups)
+        for attempt in plan.attempts[:1]:
+            outbound = ADAPTERS[attempt.provider.protocol]
+            target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)
+            call = outbound.encode_count_tokens_request(shape_request(client_req, plan.group, attempt.provider, plan.alias), target)
+            if call is None:
+                break
+            finish_call(call, attempt.provider, request.headers, record.request_id)
+            record.target = attempt.label
+            try:
+                resp = await self.upstream.open(call, attempt.provider)
+                data = await self.upstream.read_error(resp)  # reads and releases whatever the status
+                if resp.status < 400:
+                    return inbound.encode_count_tokens(outbound.decode_count_tokens(data))
+                log.warning("%s count_tokens answered %d; estimating instead", attempt.label, resp.status)
+            except (ProxyError, ValueError, KeyError) as e:
+                log.warning("%s count_tokens failed (%s); estimating instead", attempt.label, e)
+        return inbound.encode_count_tokens(ir.estimate_tokens(client_req))
+
+
+async def _guard(events: AsyncIterator[ir.Event]) -> AsyncIterator[ir.Event]:
+    """Turn failures while reading the upstream into one StreamError event."""
+    try:
+        async for event in events:
+            yield event
+    except ProxyError as e:
+        yield ir.StreamError(e.kind, e.message, e.status)
+    except FrameTooLarge as e:
+        yield ir.StreamError("bad_gateway", str(e), 502)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        log.warning("upstream stream could not be decoded: %r", e)
+        yield ir.StreamError("bad_gateway", f"upstream sent a stream that could not be read ({type(e).__name__})", 502)
+
+
+def _count(record: RequestRecord, event: ir.Event) -> None:
+    if isinstance(event, ir.Usage):
+        record.input_tokens = event.input_tokens if event.input_tokens is not None else record.input_tokens
+        record.output_tokens = event.output_tokens if event.output_tokens is not None else record.output_tokens
+        record.cached_tokens = event.cached_input_tokens if event.cached_input_tokens is not None else record.cached_tokens
+        record.reasoning_tokens = event.reasoning_tokens if event.reasoning_tokens is not None else record.reasoning_tokens

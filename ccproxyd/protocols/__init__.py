@@ -1,0 +1,10 @@
+"""The protocol adapters, by name. Adding a protocol means adding one module here."""
+
+from __future__ import annotations
+
+from .base import Adapter
+from .openai import ADAPTER as OPENAI
+
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI,)}
+
+__all__ = ["ADAPTERS", "Adapter"]

@@ -1,0 +1,88 @@
+"""Group and provider options applied to a request on its way up.
+
+Works on the unified model before encoding (prompt injection, tool filter,
+temperature ratio, max-tokens clamp) and on the encoded call after it (extra
+body params, extra headers), so no protocol detail lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import uuid
+from typing import Mapping
+
+from . import ir
+from .config import Group, Provider
+from .protocols.base import UpstreamCall
+
+# Client headers passed upstream; anything else (auth, hop-by-hop, cookies) stays here.
+FORWARDED_HEADERS = ("user-agent", "traceparent", "tracestate")
+
+
+def use_compat(group: Group, provider: Provider, path_compat: bool) -> bool:
+    """A provider without native tools always needs compat; otherwise the group decides, then the path."""
+    if provider.tool_mode == "compat":
+        return True
+    if group.tool_mode != "auto":
+        return group.tool_mode == "compat"
+    return path_compat
+
+
+def shape_request(req: ir.Request, group: Group, provider: Provider, alias: str) -> ir.Request:
+    """A copy of ``req`` with the group's and provider's options applied; ``req`` is left untouched."""
+    changes: dict = {}
+    if group.tool_filter and req.tools:
+        changes["tools"] = [t for t in req.tools if not any(fnmatch.fnmatchcase(t.name, p) for p in group.tool_filter)]
+        if req.tool_choice and req.tool_choice.mode == "tool" and req.tool_choice.name not in {t.name for t in changes["tools"]}:
+            changes["tool_choice"] = ir.ToolChoice("auto")
+    if group.temperature_ratio is not None and req.temperature is not None:
+        changes["temperature"] = req.temperature * group.temperature_ratio
+    max_tokens = req.max_tokens
+    if provider.max_tokens is not None and (max_tokens is None or max_tokens > provider.max_tokens):
+        changes["max_tokens"] = provider.max_tokens
+    if group.prompt_injection != "off" and group.prompt_text and _injects_for(group, alias):
+        changes.update(_inject(req, group))
+    return dataclasses.replace(req, **changes) if changes else req
+
+
+def _injects_for(group: Group, alias: str) -> bool:
+    return not group.inject_for or any(fnmatch.fnmatchcase(alias, p) for p in group.inject_for)
+
+
+def _inject(req: ir.Request, group: Group) -> dict:
+    text = group.prompt_text
+    if group.prompt_position == "system":
+        if group.prompt_injection == "replace":
+            return {"system": [ir.Text(text)]}
+        joined = ir.text_of(req.system)
+        return {"system": [ir.Text(f"{joined}\n\n{text}" if joined else text)]}
+    # position "user": into the last user message; "replace" also drops the system prompt
+    messages = list(req.messages)
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == "user":
+            messages[i] = ir.Message("user", [*messages[i].parts, ir.Text(text)])
+            break
+    else:
+        messages.append(ir.Message("user", [ir.Text(text)]))
+    changes: dict = {"messages": messages}
+    if group.prompt_injection == "replace":
+        changes["system"] = []
+    return changes
+
+
+def finish_call(call: UpstreamCall, provider: Provider, client_headers: Mapping[str, str], request_id: str) -> None:
+    """Provider ``params`` merged into the body, provider ``headers`` and forwarded client headers added."""
+    for key, value in provider.params:
+        if isinstance(value, dict) and isinstance(call.body.get(key), dict):
+            call.body[key] = {**call.body[key], **value}
+        else:
+            call.body[key] = value
+    for name in FORWARDED_HEADERS:
+        if name in client_headers and name not in call.headers:
+            call.headers[name] = client_headers[name]
+    call.headers["x-request-id"] = request_id
+    for name, value in provider.headers:
+        if "{" in value:
+            value = value.replace("{uuid}", str(uuid.uuid4())).replace("{request_id}", request_id)
+        call.headers[name.lower()] = value
