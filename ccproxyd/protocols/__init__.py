@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from .base import Adapter
+from .ollama import ADAPTER as OLLAMA
 from .openai import ADAPTER as OPENAI
 
-ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI,)}
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, OLLAMA)}
 
 __all__ = ["ADAPTERS", "Adapter"]

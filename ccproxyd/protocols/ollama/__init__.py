@@ -1,0 +1,67 @@
+"""The Ollama ``/api/chat`` protocol, as client side and as upstream.
+
+Split by concern: ``inbound`` decodes client requests, ``outbound`` encodes
+upstream requests, ``response`` and ``stream`` carry answers both ways,
+``models`` serves the model endpoints and ``wire`` holds what they share.
+"""
+
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Mapping
+
+from ... import ir
+from ...errors import ProxyError, UpstreamError
+from ...paths import Route
+from ..base import Adapter, ModelInfo, UpstreamCall, UpstreamTarget
+from . import inbound, models, outbound, response, stream, wire
+from .stream import OllamaStreamEncoder
+
+__all__ = ["ADAPTER", "OllamaAdapter", "OllamaStreamEncoder"]
+
+
+class OllamaAdapter(Adapter):
+    name = "ollama"
+    inline_images_only = True  # Ollama takes base64 only; the dispatcher fetches URL images first
+
+    # ------------------------------------------------------------ inbound
+
+    def decode_request(self, body: dict[str, Any], route: Route, headers: Mapping[str, str]) -> ir.Request:
+        return inbound.decode_request(body)
+
+    def encode_response(self, resp: ir.Response, req: ir.Request) -> dict[str, Any]:
+        return response.encode_response(resp, req)
+
+    def stream_encoder(self, req: ir.Request, route: Route) -> OllamaStreamEncoder:
+        return OllamaStreamEncoder(req.model, wire.shows_thinking(req))
+
+    def encode_error(self, err: ProxyError) -> tuple[int, dict[str, Any] | str]:
+        return wire.encode_error(err)
+
+    def encode_model_list(self, models_: list[ModelInfo], route: Route) -> dict[str, Any]:
+        return models.encode_model_list(models_)
+
+    def encode_model_info(self, model: ModelInfo) -> dict[str, Any]:
+        return models.encode_model_info(model)
+
+    def model_from_body(self, body: dict[str, Any]) -> str | None:
+        return models.model_from_body(body)
+
+    def encode_version(self) -> dict[str, Any]:
+        return models.encode_version()
+
+    # ------------------------------------------------------------ outbound
+
+    def encode_request(self, req: ir.Request, target: UpstreamTarget) -> UpstreamCall:
+        return outbound.encode_request(req, target)
+
+    def decode_response(self, body: bytes) -> ir.Response:
+        return response.decode_response(body)
+
+    def decode_stream(self, chunks: AsyncIterator[bytes]) -> ir.EventStream:
+        return stream.decode_stream(chunks)
+
+    def decode_error(self, status: int, body: bytes) -> UpstreamError:
+        return wire.decode_error(status, body)
+
+
+ADAPTER = OllamaAdapter()

@@ -1,0 +1,85 @@
+"""``/api/tags``, ``/api/show`` and ``/api/version`` for Ollama clients.
+
+Editors pick what to offer from these: ``capabilities`` decides whether tools,
+images and thinking are used, and ``model_info["<architecture>.context_length"]``
+sizes the prompt. The proxy knows neither files nor digests, so those are
+stable stand-ins derived from the model name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ..base import ModelInfo
+
+VERSION = "0.13.0"  # new enough for clients that check for tool-call ids and thinking levels
+ARCHITECTURE = "ccproxyd"
+CONTEXT_LENGTH = 131072  # upstream windows are unknown here; most current chat models take this
+MODIFIED_AT = "2025-01-01T00:00:00Z"
+
+
+def encode_model_list(models: list[ModelInfo]) -> dict[str, Any]:
+    return {
+        "models": [
+            {
+                "name": m.id,
+                "model": m.id,
+                "modified_at": MODIFIED_AT,
+                "size": 0,
+                "digest": _digest(m.id),
+                "details": _details(m),
+            }
+            for m in models
+        ]
+    }
+
+
+def encode_model_info(model: ModelInfo) -> dict[str, Any]:
+    capabilities = ["completion"]
+    if model.tools:
+        capabilities.append("tools")
+    if model.vision:
+        capabilities.append("vision")
+    capabilities.append("thinking")
+    return {
+        "modelfile": f"# served by ccproxyd\nFROM {model.id}\n",
+        "parameters": "",
+        "template": "{{ .Prompt }}",
+        "details": _details(model),
+        "model_info": {
+            "general.architecture": ARCHITECTURE,
+            "general.basename": model.id,
+            f"{ARCHITECTURE}.context_length": CONTEXT_LENGTH,
+        },
+        "capabilities": capabilities,
+        "modified_at": MODIFIED_AT,
+    }
+
+
+def encode_version() -> dict[str, Any]:
+    return {"version": VERSION}
+
+
+def model_from_body(body: dict[str, Any]) -> str | None:
+    """``/api/show`` names the model in ``model``; older clients send ``name``."""
+    for key in ("model", "name"):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _details(model: ModelInfo) -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": model.owned_by,
+        "families": [model.owned_by],
+        "parameter_size": "",
+        "quantization_level": "",
+    }
+
+
+def _digest(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
