@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import Adapter
+from .claude import ADAPTER as CLAUDE
 from .ollama import ADAPTER as OLLAMA
 from .openai import ADAPTER as OPENAI
 
-ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, OLLAMA)}
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, CLAUDE, OLLAMA)}
 
 __all__ = ["ADAPTERS", "Adapter"]
