@@ -176,7 +176,7 @@ class Dispatcher:
             if isinstance(event, ir.StreamError):
                 raise UpstreamError(event.status, event.kind, event.message)
             first.append(event)
-            if not isinstance(event, ir.ResponseStart):
+            if not isinstance(event, (ir.ResponseStart, ir.Usage)):
                 break
         record.upstream_seconds += time.monotonic() - started
         return first
