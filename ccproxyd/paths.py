@@ -34,6 +34,8 @@ _ENDPOINTS: list[tuple[frozenset[str], str, str, str]] = [
     (frozenset({"POST"}), r"v1/messages/count_tokens", "claude", "count_tokens"),
     (frozenset({"GET"}), r"v1beta/models", "gemini", "models"),
     (frozenset({"POST"}), r"v1beta/models/(?P<model>[^/:]+(?:/[^/:]+)*?)[:/](?P<method>generateContent|streamGenerateContent|countTokens)", "gemini", "chat"),
+    # google-genai 3.x defaults to api_version "v1"
+    (frozenset({"POST"}), r"v1/models/(?P<model>[^/:]+(?:/[^/:]+)*?):(?P<method>generateContent|streamGenerateContent|countTokens)", "gemini", "chat"),
     (frozenset({"POST"}), r"api/chat", "ollama", "chat"),
     (frozenset({"GET"}), r"api/tags", "ollama", "models"),
     (frozenset({"POST"}), r"api/show", "ollama", "show"),
@@ -53,7 +55,7 @@ _SERVICE = {
 }
 _MCP = re.compile(r"^/(?P<kind>sse|mcp)(?:/.*)?$")
 _PROTOCOL_HINT = [
-    (re.compile(r"/v1beta(/|$)"), "gemini"),
+    (re.compile(r"/v1beta(/|$)|/v1/models/[^/]+:"), "gemini"),
     (re.compile(r"/api(/|$)"), "ollama"),
     (re.compile(r"/v1/messages"), "claude"),
 ]
@@ -77,8 +79,12 @@ def guess_protocol(path: str) -> str:
     return "openai"
 
 
-def parse_path(method: str, path: str, query: dict[str, str] | None = None) -> Route:
-    """Map a request line to a Route, or raise PathNotFound / MethodNotAllowed."""
+def parse_path(method: str, path: str, query: dict[str, str] | None = None, google_client: bool = False) -> Route:
+    """Map a request line to a Route, or raise PathNotFound / MethodNotAllowed.
+
+    ``google_client`` (the request carries ``x-goog-api-key``) tells a Gemini
+    SDK's ``GET /v1/models`` from an OpenAI or Anthropic one.
+    """
     method = "GET" if method == "HEAD" else method
     if path in _SERVICE:
         return Route(None, _SERVICE[path])
@@ -110,6 +116,8 @@ def parse_path(method: str, path: str, query: dict[str, str] | None = None) -> R
                 stream=stream,
                 gemini_sse=stream and (query or {}).get("alt") == "sse",
             )
+        if google_client and (protocol, action) == ("openai", "models"):
+            protocol = "gemini"
         return Route(protocol, action, group, m["compat"] is not None)
     if wrong_method:
         raise MethodNotAllowed(guess_protocol(path))

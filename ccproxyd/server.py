@@ -101,7 +101,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     state.in_flight += 1
     try:
         try:
-            route = parse_path(request.method, request.path, dict(request.query))
+            route = parse_path(request.method, request.path, dict(request.query), "x-goog-api-key" in request.headers)
         except MethodNotAllowed as e:
             protocol = e.protocol
             raise MethodNotAllowedError(f"{request.method} is not allowed on {request.path}") from None

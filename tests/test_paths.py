@@ -14,6 +14,8 @@ TABLE = [
     ("POST", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", "gemini", "chat"),
     ("POST", "/v1beta/models/gemini-2.5-flash/generateContent", "gemini", "chat"),
     ("POST", "/v1beta/models/gemini-2.5-flash:countTokens", "gemini", "count_tokens"),
+    ("POST", "/v1/models/gemini-2.5-flash:generateContent", "gemini", "chat"),
+    ("POST", "/v1/models/gemini-2.5-flash:streamGenerateContent", "gemini", "chat"),
     ("POST", "/api/chat", "ollama", "chat"),
     ("GET", "/api/tags", "ollama", "models"),
     ("POST", "/api/show", "ollama", "show"),
@@ -36,6 +38,11 @@ def test_gemini_model_and_stream_come_from_the_path():
     route = parse_path("POST", "/v1beta/models/gemini-2.5-pro:streamGenerateContent", {})
     assert route.stream and not route.gemini_sse
     assert parse_path("POST", "/v1beta/models/x:generateContent", {}).stream is False
+
+
+def test_google_sdk_model_list_on_v1_is_gemini():
+    assert parse_path("GET", "/v1/models", {}, google_client=True).protocol == "gemini"
+    assert parse_path("GET", "/v1/models", {}).protocol == "openai"
 
 
 def test_claude_code_beta_query_is_accepted():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .base import Adapter
 from .claude import ADAPTER as CLAUDE
+from .gemini import ADAPTER as GEMINI
 from .ollama import ADAPTER as OLLAMA
 from .openai import ADAPTER as OPENAI
 
-ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, CLAUDE, OLLAMA)}
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, CLAUDE, GEMINI, OLLAMA)}
 
 __all__ = ["ADAPTERS", "Adapter"]
