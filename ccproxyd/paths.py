@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Mapping
 
 RESERVED_SEGMENTS = frozenset(
     {"v1", "v1beta", "api", "compat_mode", "compat", "sse", "mcp", "healthz", "metrics"}
@@ -79,11 +80,20 @@ def guess_protocol(path: str) -> str:
     return "openai"
 
 
-def parse_path(method: str, path: str, query: dict[str, str] | None = None, google_client: bool = False) -> Route:
+def client_hint(headers: "Mapping[str, str]") -> str | None:
+    """The protocol a request's headers betray: each official SDK sends its own."""
+    if "anthropic-version" in headers:
+        return "claude"
+    if "x-goog-api-key" in headers:
+        return "gemini"
+    return None
+
+
+def parse_path(method: str, path: str, query: dict[str, str] | None = None, hint: str | None = None) -> Route:
     """Map a request line to a Route, or raise PathNotFound / MethodNotAllowed.
 
-    ``google_client`` (the request carries ``x-goog-api-key``) tells a Gemini
-    SDK's ``GET /v1/models`` from an OpenAI or Anthropic one.
+    ``GET /v1/models`` is shared by the OpenAI, Anthropic and (v1) Gemini SDKs;
+    ``hint`` (see :func:`client_hint`) picks the protocol whose shape it answers in.
     """
     method = "GET" if method == "HEAD" else method
     if path in _SERVICE:
@@ -116,8 +126,8 @@ def parse_path(method: str, path: str, query: dict[str, str] | None = None, goog
                 stream=stream,
                 gemini_sse=stream and (query or {}).get("alt") == "sse",
             )
-        if google_client and (protocol, action) == ("openai", "models"):
-            protocol = "gemini"
+        if hint and (protocol, action) == ("openai", "models"):
+            protocol = hint
         return Route(protocol, action, group, m["compat"] is not None)
     if wrong_method:
         raise MethodNotAllowed(guess_protocol(path))

@@ -25,7 +25,7 @@ from .config import AccessKey, Config, ConfigError, is_loopback, load_config
 from .dispatch import Dispatcher
 from .errors import AuthError, ClientError, NotFound, ProxyError, RateLimited
 from .observe import Observer, RequestRecord
-from .paths import MethodNotAllowed, PathNotFound, Route, parse_path
+from .paths import MethodNotAllowed, PathNotFound, Route, client_hint, parse_path
 from .protocols import ADAPTERS
 from .routing import Router
 from .upstream import UpstreamClient
@@ -101,7 +101,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     state.in_flight += 1
     try:
         try:
-            route = parse_path(request.method, request.path, dict(request.query), "x-goog-api-key" in request.headers)
+            route = parse_path(request.method, request.path, dict(request.query), client_hint(request.headers))
         except MethodNotAllowed as e:
             protocol = e.protocol
             raise MethodNotAllowedError(f"{request.method} is not allowed on {request.path}") from None

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ccproxyd.paths import MethodNotAllowed, PathNotFound, Route, parse_path
+from ccproxyd.paths import MethodNotAllowed, PathNotFound, Route, client_hint, parse_path
 
 TABLE = [
     ("POST", "/v1/chat/completions", "openai", "chat"),
@@ -40,9 +40,11 @@ def test_gemini_model_and_stream_come_from_the_path():
     assert parse_path("POST", "/v1beta/models/x:generateContent", {}).stream is False
 
 
-def test_google_sdk_model_list_on_v1_is_gemini():
-    assert parse_path("GET", "/v1/models", {}, google_client=True).protocol == "gemini"
-    assert parse_path("GET", "/v1/models", {}).protocol == "openai"
+def test_shared_model_list_answers_in_the_asking_sdks_shape():
+    assert parse_path("GET", "/v1/models", {}, client_hint({"x-goog-api-key": "k"})).protocol == "gemini"
+    assert parse_path("GET", "/v1/models", {}, client_hint({"anthropic-version": "2023-06-01"})).protocol == "claude"
+    assert parse_path("GET", "/v1/models", {}, client_hint({})).protocol == "openai"
+    assert parse_path("POST", "/v1/messages", {}, "gemini").protocol == "claude"
 
 
 def test_claude_code_beta_query_is_accepted():
