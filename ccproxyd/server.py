@@ -23,6 +23,7 @@ from aiohttp import web
 from . import __version__
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
 from .dispatch import Dispatcher
+from .mcpproxy import McpProxy
 from .errors import AuthError, ClientError, NotFound, ProxyError, RateLimited
 from .observe import Observer, RequestRecord
 from .paths import MethodNotAllowed, PathNotFound, Route, client_hint, parse_path
@@ -209,8 +210,6 @@ async def handle(request: web.Request) -> web.StreamResponse:
             raise NotFound("metrics are not enabled")
         return web.Response(body=metrics.render(state), content_type="text/plain", charset="utf-8")
     if action in ("mcp_sse", "mcp_http"):
-        if state.mcp is None:
-            raise NotFound("no MCP servers are configured")
         return await state.mcp.handle(request, route)
     adapter = ADAPTERS[route.protocol or "openai"]
     if action == "chat":
@@ -257,7 +256,7 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
             response.headers["access-control-allow-headers"] = request.headers.get("access-control-request-headers", "*")
             response.headers["access-control-max-age"] = "600"
         else:
-            response.headers["access-control-expose-headers"] = "x-request-id, x-ccproxy-target, x-ccproxy-overhead-ms"
+            response.headers["access-control-expose-headers"] = "x-request-id, x-ccproxy-target, x-ccproxy-overhead-ms, mcp-session-id"
 
 
 # ---------------------------------------------------------------- the app
@@ -272,6 +271,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(_on_prepare)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_mcp_ctx)
+    app.on_shutdown.append(_mcp_shutdown)
     return app
 
 
@@ -281,15 +281,14 @@ async def _upstream_ctx(app: web.Application):  # type: ignore[no-untyped-def]
 
 
 async def _mcp_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """The MCP proxy exists even with no servers configured, so a reload can add some."""
     state = app[STATE]
-    if state.config.mcp.servers:
-        try:
-            from .mcpproxy import McpProxy
-        except ImportError:  # pragma: no cover - the MCP package is a hard dependency
-            log.error("MCP servers are configured but the MCP proxy is not available")
-        else:
-            state.mcp = McpProxy(state.config.mcp)
-            await state.mcp.start()
+    state.mcp = McpProxy(state.config.mcp)
+    await state.mcp.start()
     yield
-    if state.mcp is not None:
-        await state.mcp.close()
+    await state.mcp.close()
+
+
+async def _mcp_shutdown(app: web.Application) -> None:
+    """End MCP client sessions first: their open event streams would hold the shutdown for shutdown_grace."""
+    await app[STATE].mcp.shutdown()

@@ -1,0 +1,1 @@
+"""Small MCP servers the MCP proxy tests aggregate (run as separate processes)."""

@@ -1,0 +1,39 @@
+"""A tiny stdio MCP server for the tests: it can be killed, and it tells its pid.
+
+It writes ``tiny pid=<pid>`` on stderr at start (the proxy should log it
+with the server's name). With ``--child`` it also starts a ``sleep`` that
+stays in its process group and writes ``tiny child pid=<pid>``: what a
+wrapper such as ``npx`` leaves behind, which must not outlive the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", action="store_true")
+    args = parser.parse_args()
+    print(f"tiny pid={os.getpid()}", file=sys.stderr, flush=True)
+    if args.child:
+        child = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        print(f"tiny child pid={child.pid}", file=sys.stderr, flush=True)
+
+    server = MCPServer("tiny")
+
+    @server.tool()
+    def whoami() -> str:
+        """The pid of this server process."""
+        return str(os.getpid())
+
+    server.run()
+
+
+if __name__ == "__main__":
+    main()
