@@ -9,7 +9,9 @@ possible until the first byte reaches the client.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -36,10 +38,10 @@ from .observe import RequestRecord
 from .paths import Route
 from .protocols import ADAPTERS
 from .protocols.base import Adapter, ModelInfo, UpstreamTarget
-from .routing import Attempt, Router, is_retryable, resolve_alias, resolve_group
+from .routing import Attempt, AttemptPlan, Router, is_retryable, resolve_alias, resolve_group
 from .shaping import finish_call, shape_request, use_compat
 from .streams import FrameTooLarge
-from .upstream import UpstreamClient
+from .upstream import UpstreamClient, parse_retry_after
 
 log = logging.getLogger("ccproxyd.dispatch")
 
@@ -73,8 +75,7 @@ async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
 class Plan:
     group: Group
     alias: str
-    attempts: list[Attempt]
-    skipped: int
+    attempts: AttemptPlan  # lazy: each attempt is chosen after the previous one failed
 
 
 class Dispatcher:
@@ -90,8 +91,7 @@ class Dispatcher:
             raise Forbidden(f"this access key may not use group {group.name!r}")
         alias = resolve_alias(group, alias_name)
         record.group, record.alias = group.name, alias_name
-        attempts, skipped = self.router.plan(config, group, alias)
-        return Plan(group, alias_name, attempts, skipped)
+        return Plan(group, alias_name, self.router.plan(config, group, alias))
 
     # ------------------------------------------------------------ chat
 
@@ -115,14 +115,16 @@ class Dispatcher:
                     else:
                         response = await self._collect(events, client_req, record)
                 except ProxyError as e:
-                    if isinstance(e, UpstreamError) and not is_retryable(e):
+                    if not is_retryable(e):
                         raise
                     self.router.failed(attempt, e, config.server.cooldown_max)
                     failures.append(e)
                     record.attempts.append(f"{attempt.label}:{e.status}")
+                    log.warning("%s: %s failed with %d (%s); trying the next target", record.request_id, attempt.label, e.status, e.message)
                     continue
                 self.router.succeeded(attempt)
                 if client_req.stream:
+                    events = self._cool_on_error(events, attempt, config.server.cooldown_max)
                     return await self._stream_to_client(request, route, inbound, client_req, first, events, record, attempt)
                 record.status = 200
                 body = orjson.dumps(inbound.encode_response(response, client_req))
@@ -149,15 +151,19 @@ class Dispatcher:
         call = outbound.encode_request(shaped, target)
         finish_call(call, attempt.provider, request.headers, record.request_id)
         started = time.monotonic()
-        resp = await self.upstream.open(call, attempt.provider)
-        record.upstream_seconds += time.monotonic() - started
-        release.append(resp)
-        if resp.status >= 400:
-            raise outbound.decode_error(resp.status, await self.upstream.read_error(resp))
-        if call.stream:
+        try:
+            resp = await self.upstream.open(call, attempt.provider)
+            release.append(resp)
+            if resp.status >= 400:
+                error = outbound.decode_error(resp.status, await self.upstream.read_error(resp))
+                error.retry_after = parse_retry_after(resp.headers)
+                raise error
+            body = None if call.stream else await resp.read_all(_MAX_RESPONSE)
+        finally:
+            record.upstream_seconds += time.monotonic() - started
+        if body is None:
             events = outbound.decode_stream(resp.chunks)
         else:
-            body = await resp.read_all(_MAX_RESPONSE)
             try:
                 events = ir.iterate(ir.response_events(outbound.decode_response(body)))
             except (ValueError, KeyError, TypeError) as e:
@@ -174,7 +180,7 @@ class Dispatcher:
         first: list[ir.Event] = []
         async for event in events:
             if isinstance(event, ir.StreamError):
-                raise UpstreamError(event.status, event.kind, event.message)
+                raise _stream_error(event)
             first.append(event)
             if not isinstance(event, (ir.ResponseStart, ir.Usage)):
                 break
@@ -212,7 +218,7 @@ class Dispatcher:
 
     async def _collect(self, events: AsyncIterator[ir.Event], client_req: ir.Request, record: RequestRecord) -> ir.Response:
         started = time.monotonic()
-        response = await ir.collect(events, client_req.model)
+        response = await ir.collect(_raise_errors(events), client_req.model)
         record.upstream_seconds += time.monotonic() - started
         _count(record, response.usage)
         return response
@@ -224,22 +230,40 @@ class Dispatcher:
             headers.update(extra)
         return headers
 
+    async def _cool_on_error(self, events: AsyncIterator[ir.Event], attempt: Attempt, cap: float) -> AsyncIterator[ir.Event]:
+        """Events passed on unchanged; a failure after the first byte cannot fail over, but still cools its target."""
+        async for event in events:
+            if isinstance(event, ir.StreamError):
+                error = _stream_error(event)
+                if is_retryable(error):
+                    self.router.failed(attempt, error, cap)
+            yield event
+
     @staticmethod
     def _exhausted(plan: Plan, failures: list[ProxyError]) -> ProxyError:
-        tried = len(failures)
+        """503 when no target answered; 429 when every failure was a rate limit; a lone 502/504 keeps its status."""
+        attempts = plan.attempts
+        cooling = attempts.skipped
+        rate_limited = bool(failures or attempts.cooling) and all(c.reason == "rate_limit" for c in attempts.cooling) and all(
+            isinstance(f, UpstreamError) and f.status == 429 for f in failures
+        )
         if not failures:
-            return Unavailable(f"every target of {plan.alias!r} is cooling down after recent failures ({plan.skipped} skipped); retry shortly")
+            wait = attempts.retry_in()
+            detail = f"all {cooling} target(s) of {plan.alias!r} are cooling down after recent failures, none tried"
+            detail += f"; retry in {math.ceil(wait)}s" if wait is not None else ""
+            return RateLimited(f"{detail} (rate limited)") if rate_limited else Unavailable(detail)
         last = failures[-1]
-        detail = f"{plan.alias!r}: {tried} attempt{'s' if tried != 1 else ''} failed"
-        if plan.skipped:
-            detail += f", {plan.skipped} target(s) cooling down"
-        if all(isinstance(f, UpstreamError) and f.status == 429 for f in failures):
-            return RateLimited(f"{detail}; every target is rate limited (last: {last.message})")
-        if tried == 1 and isinstance(last, (UpstreamTimeout, BadGateway)) and not plan.skipped:
-            return type(last)(f"{detail}: {last.message}")
-        if isinstance(last, UpstreamTimeout) and all(isinstance(f, UpstreamTimeout) for f in failures):
-            return UpstreamTimeout(f"{detail}; last: {last.message}")
-        return Unavailable(f"{detail}; last: {last.message}")
+        detail = f"every target of {plan.alias!r} failed: {len(failures)} tried"
+        if cooling:
+            detail += f", {cooling} skipped as cooling down"
+        detail += f"; last error: {last.message}"
+        if rate_limited:
+            return RateLimited(detail)
+        if all(isinstance(f, UpstreamTimeout) for f in failures):
+            return UpstreamTimeout(detail)
+        if len(failures) == 1 and not cooling and isinstance(last, BadGateway):
+            return BadGateway(detail)
+        return Unavailable(detail)
 
     # ------------------------------------------------------------ the other endpoints
 
@@ -274,7 +298,7 @@ class Dispatcher:
         body = await read_json_body(request, config.server.max_body_bytes)
         client_req = inbound.decode_request(body, route, request.headers)
         plan = self.plan(config, route, client_req.model, record, key_groups)
-        for attempt in plan.attempts[:1]:
+        for attempt in itertools.islice(plan.attempts, 1):
             outbound = ADAPTERS[attempt.provider.protocol]
             target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)
             call = outbound.encode_count_tokens_request(shape_request(client_req, plan.group, attempt.provider, plan.alias), target)
@@ -305,6 +329,22 @@ async def _guard(events: AsyncIterator[ir.Event]) -> AsyncIterator[ir.Event]:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         log.warning("upstream stream could not be decoded: %r", e)
         yield ir.StreamError("bad_gateway", f"upstream sent a stream that could not be read ({type(e).__name__})", 502)
+
+
+def _stream_error(event: ir.StreamError) -> ProxyError:
+    """A stream's error event as the exception it stands for, so a stalled stream counts as a timeout."""
+    if event.kind == "timeout":
+        return UpstreamTimeout(event.message)
+    if event.kind == "bad_gateway" and event.status == 502:
+        return BadGateway(event.message)
+    return UpstreamError(event.status, event.kind, event.message)
+
+
+async def _raise_errors(events: AsyncIterator[ir.Event]) -> AsyncIterator[ir.Event]:
+    async for event in events:
+        if isinstance(event, ir.StreamError):
+            raise _stream_error(event)
+        yield event
 
 
 def _count(record: RequestRecord, event: ir.Event) -> None:

@@ -1,7 +1,9 @@
-"""From a group and a model name to an ordered list of attempts, and the cooldowns that shape it.
+"""From a group and a model name to the attempts of one request, and the cooldowns that shape them.
 
-Choice state (round-robin counters, cooldowns) lives in one :class:`Router`
-per worker process and survives config reloads.
+Choice state (round-robin positions, cooldowns) lives in one :class:`Router`
+per worker process and survives config reloads. With ``server.workers`` above
+1 every worker keeps its own: a cooldown one worker learned is not seen by the
+others, which then learn it from their own first failure.
 """
 
 from __future__ import annotations
@@ -11,15 +13,22 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from .config import Alias, Config, Group, Provider, Target
-from .errors import NotFound, ProxyError, UpstreamError, UpstreamTimeout, BadGateway
+from .errors import BadGateway, NotFound, ProxyError, UpstreamError, UpstreamTimeout
+from .upstream import ConnectFailed
 
 log = logging.getLogger("ccproxyd.routing")
 
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+# Statuses that move on to the next attempt; every other 4xx is the client's to see.
+RETRYABLE_STATUS = frozenset({401, 403, 408, 409, 429})
+# Statuses that cool the (provider, key, model) deployment.
 COOLING_STATUS = frozenset({429, 500, 502, 503, 504, 529})
+AUTH_STATUS = frozenset({401, 403})
+PROVIDER_COOLDOWN_CAP = 30.0  # a refused connection or a timeout cools a provider only briefly
+AUTH_COOLDOWN = 60.0  # a rejected key is out for at least this long
+_MAX_DOUBLINGS = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,18 +43,27 @@ class Attempt:
         return f"{self.provider.name}/{self.target.model}"
 
 
+@dataclass(frozen=True, slots=True)
+class Cooldown:
+    until: float
+    reason: str  # the error kind that caused it (rate_limit, timeout, authentication ...)
+    key_index: int | None = None  # for /healthz: key numbers, never keys
+
+
 def resolve_group(config: Config, path_group: str | None, model: str) -> tuple[Group, str]:
     """The group a request uses and the alias it asks for.
 
-    ``group@alias`` in the model field overrides the path group; the path group
+    ``group@alias`` in the model field overrides the path group; the group
     ``switch`` follows ``server.active_group``; no group means ``default``.
     """
     name = path_group or "default"
     group_part, sep, alias = model.partition("@")
-    if sep and group_part in config.groups:
+    if sep and alias and (group_part in config.groups or group_part == "switch"):
         name, model = group_part, alias
     if name == "switch":
         name = config.server.active_group
+        if name not in config.groups:
+            raise NotFound(f"server.active_group is {name!r}, which is not a configured group ({', '.join(sorted(config.groups)) or 'none'})")
     group = config.groups.get(name)
     if group is None:
         raise NotFound(f"group {name!r} does not exist; configured groups: {', '.join(sorted(config.groups)) or 'none'}")
@@ -60,48 +78,97 @@ def resolve_alias(group: Group, model: str) -> Alias:
     for alias in group.aliases:
         if alias.is_pattern and fnmatch.fnmatchcase(model, alias.name):
             return alias
-    listed = ", ".join(a.name for a in group.aliases if not a.is_pattern) or "none"
+    listed = ", ".join(a.name for a in group.aliases) or "none"
     raise NotFound(f"model {model!r} is not an alias in group {group.name!r} (aliases: {listed})")
 
 
+def is_retryable(error: ProxyError) -> bool:
+    """Whether another attempt may succeed where this one failed (before the client saw a byte)."""
+    if isinstance(error, UpstreamError):
+        return error.status in RETRYABLE_STATUS or error.status >= 500
+    return isinstance(error, (BadGateway, UpstreamTimeout))  # unreachable, broken off, too slow
+
+
+class AttemptPlan:
+    """The attempts of one request, chosen one at a time.
+
+    The next attempt is picked only after the previous one failed, so it sees
+    the cooldowns that failure caused (a refused connection rules out the
+    provider's other keys too), and a provider's key rotation advances only
+    when one of its keys is actually used. First one attempt per target in
+    strategy order, then the targets' remaining keys; at most ``max_attempts``.
+    """
+
+    def __init__(self, router: Router, config: Config, group: Group, alias: Alias) -> None:
+        self.router = router
+        self.limit = group.max_attempts
+        self.targets = router.order(f"{group.name}\0{alias.name}", alias.targets, alias.strategy or group.strategy)
+        self.providers = config.providers
+        self.tried = 0
+        self.skipped = 0  # targets passed over because all their keys were cooling
+        self.cooling: list[Cooldown] = []  # what kept the skipped targets out
+        self._key_order: dict[str, list[int]] = {}
+
+    def __iter__(self) -> Iterator[Attempt]:
+        used: set[tuple[str, int, str]] = set()
+        for first_pass in (True, False):
+            for target in self.targets:
+                provider = self.providers[target.provider]
+                found = False
+                blocked: list[Cooldown] = []
+                for index in self._keys(provider):
+                    if (provider.name, index, target.model) in used:
+                        continue
+                    key = provider.api_keys[index] if provider.api_keys else None
+                    cooling = self.router.cooldown(provider.name, key, target.model)
+                    if cooling:
+                        blocked.append(cooling)
+                        continue
+                    used.add((provider.name, index, target.model))
+                    found = True
+                    self.tried += 1
+                    yield Attempt(provider, target, key, index)
+                    if self.tried >= self.limit:
+                        return
+                    if first_pass:
+                        break
+                if first_pass and not found and blocked:
+                    self.skipped += 1
+                    self.cooling.extend(blocked)
+
+    def _keys(self, provider: Provider) -> list[int]:
+        """Key indexes in rotation order, fixed for this request when the provider is first needed."""
+        order = self._key_order.get(provider.name)
+        if order is None:
+            n = len(provider.api_keys)
+            start = self.router.next_turn("keys\0" + provider.name, n) if n > 1 else 0
+            order = [(start + i) % n for i in range(n)] if n else [0]
+            self._key_order[provider.name] = order
+        return order
+
+    def retry_in(self) -> float | None:
+        """Seconds until the first skipped target stops cooling."""
+        if not self.cooling:
+            return None
+        return max(0.0, min(c.until for c in self.cooling) - self.router.clock())
+
+
 class Router:
+    """Target order (round robin, weighted, priority), key rotation and cooldowns for one worker."""
+
     def __init__(self, clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None) -> None:
         self.clock = clock
         self.rng = rng or random.Random()
         self._turn: dict[str, int] = {}  # round-robin position per group/alias and per provider's keys
-        self._cool_until: dict[tuple, float] = {}
-        self._strikes: dict[tuple, int] = {}
-        self._cool_reason: dict[tuple, str] = {}
+        self._cooldowns: dict[tuple, Cooldown] = {}
+        self._strikes: dict[tuple, int] = {}  # failures in a row per scope, for the exponential backoff
 
     # ------------------------------------------------------------ planning
 
-    def plan(self, config: Config, group: Group, alias: Alias) -> tuple[list[Attempt], int]:
-        """Attempts in order (at most max_attempts), and how many were skipped as cooling."""
-        strategy = alias.strategy or group.strategy
-        targets = self._order(f"{group.name}\0{alias.name}", alias.targets, strategy)
-        attempts: list[Attempt] = []
-        skipped = 0
-        now = self.clock()
-        for target in targets:
-            provider = config.providers[target.provider]
-            if self._cooling(("p", provider.name), now):
-                skipped += 1
-                continue
-            found = False
-            for index, key in self._keys(provider):
-                if self._cooling(("k", provider.name, index), now) or self._cooling(("m", provider.name, index, target.model), now):
-                    continue
-                attempts.append(Attempt(provider, target, key, index))
-                found = True
-            skipped += not found
-        # one attempt per target first, further keys of the same provider after
-        firsts, rest, seen = [], [], set()
-        for a in attempts:
-            (rest if a.target in seen else firsts).append(a)
-            seen.add(a.target)
-        return (firsts + rest)[: group.max_attempts], skipped
+    def plan(self, config: Config, group: Group, alias: Alias) -> AttemptPlan:
+        return AttemptPlan(self, config, group, alias)
 
-    def _order(self, name: str, targets: tuple[Target, ...], strategy: str) -> list[Target]:
+    def order(self, name: str, targets: tuple[Target, ...], strategy: str) -> list[Target]:
         if len(targets) < 2 or strategy == "priority":
             return list(targets)
         if strategy == "weighted":
@@ -111,77 +178,72 @@ class Router:
                 pool.remove(pick)
                 order.append(pick)
             return order
-        start = self._next(name, len(targets))
+        start = self.next_turn(name, len(targets))
         return list(targets[start:] + targets[:start])
 
-    def _keys(self, provider: Provider) -> list[tuple[int, str | None]]:
-        keys = provider.api_keys
-        if not keys:
-            return [(0, None)]
-        start = self._next("keys\0" + provider.name, len(keys))
-        order = list(range(start, len(keys))) + list(range(start))
-        return [(i, keys[i]) for i in order]
-
-    def _next(self, name: str, n: int) -> int:
+    def next_turn(self, name: str, n: int) -> int:
         turn = self._turn.get(name, -1) + 1
-        self._turn[name] = turn
+        self._turn[name] = turn % n
         return turn % n
 
-    def _cooling(self, scope: tuple, now: float) -> bool:
-        until = self._cool_until.get(scope)
-        if until is None:
-            return False
-        if until > now:
-            return True
-        del self._cool_until[scope]
-        return False
+    def cooldown(self, provider: str, key: str | None, model: str) -> Cooldown | None:
+        """What keeps this deployment out right now: its provider, its key or itself cooling; None when usable."""
+        now = self.clock()
+        for scope in (("p", provider), ("k", provider, key), ("m", provider, key, model)):
+            cooling = self._cooldowns.get(scope)
+            if cooling is None:
+                continue
+            if cooling.until > now:
+                return cooling
+            del self._cooldowns[scope]
+        return None
 
     # ------------------------------------------------------------ outcomes
 
     def succeeded(self, attempt: Attempt) -> None:
-        for scope in self._scopes(attempt):
+        for scope in _scopes(attempt):
             self._strikes.pop(scope, None)
 
     def failed(self, attempt: Attempt, error: ProxyError, cap: float) -> None:
-        """Cool the deployment, key or provider the failure points at."""
-        name = attempt.provider.name
-        if isinstance(error, (BadGateway, UpstreamTimeout)):
-            self._cool(("p", name), base=1.0, cap=min(cap, 30.0), reason=error.kind)
-        elif isinstance(error, UpstreamError) and error.status in (401, 403):
-            log.error("%s rejected key #%d with %d: %s — key cooled for all models", name, attempt.key_index + 1, error.status, error.message)
-            self._cool(("k", name, attempt.key_index), base=60.0, cap=max(cap, 60.0), reason="auth")
-        elif isinstance(error, UpstreamError) and error.status in COOLING_STATUS:
-            scope = ("m", name, attempt.key_index, attempt.target.model)
-            self._cool(scope, base=1.0, cap=cap, reason=error.kind, fixed=error.retry_after)
+        """Cool what the failure points at: the provider, the key, or the (provider, key, model) deployment."""
+        name, key, model = attempt.provider.name, attempt.key, attempt.target.model
+        if isinstance(error, (ConnectFailed, UpstreamTimeout)):
+            self._cool(("p", name), 1.0, min(cap, PROVIDER_COOLDOWN_CAP), error.kind)
+        elif isinstance(error, UpstreamError) and error.status in AUTH_STATUS:
+            seconds = self._cool(("k", name, key), AUTH_COOLDOWN, max(cap, AUTH_COOLDOWN), error.kind, attempt.key_index)
+            which = f"key #{attempt.key_index + 1}" if key is not None else "the request (no key configured)"
+            log.error(
+                "%s rejected %s with HTTP %d (%s); out for all models for %.0fs — check providers.%s.api_keys",
+                name, which, error.status, error.message, seconds, name,
+            )
+        elif error.status in COOLING_STATUS:
+            retry_after = getattr(error, "retry_after", None)
+            fixed = min(retry_after, cap) if retry_after is not None else None
+            self._cool(("m", name, key, model), 1.0, cap, error.kind, attempt.key_index, fixed)
 
-    def _cool(self, scope: tuple, base: float, cap: float, reason: str, fixed: float | None = None) -> None:
+    def _cool(self, scope: tuple, base: float, cap: float, reason: str, key_index: int | None = None, fixed: float | None = None) -> float:
         strikes = self._strikes.get(scope, 0)
         self._strikes[scope] = strikes + 1
-        seconds = fixed if fixed is not None else min(cap, base * 2**strikes)
-        self._cool_until[scope] = self.clock() + seconds
-        self._cool_reason[scope] = reason
-
-    def _scopes(self, attempt: Attempt) -> list[tuple]:
-        name = attempt.provider.name
-        return [("p", name), ("k", name, attempt.key_index), ("m", name, attempt.key_index, attempt.target.model)]
+        seconds = fixed if fixed is not None else min(cap, base * 2 ** min(strikes, _MAX_DOUBLINGS))
+        self._cooldowns[scope] = Cooldown(self.clock() + seconds, reason, key_index)
+        return seconds
 
     def snapshot(self) -> list[dict]:
-        """Cooling scopes for /healthz?deep=1 (key indexes, never keys)."""
+        """Cooling scopes for /healthz?deep=1 (key numbers, never keys)."""
         now = self.clock()
         out = []
-        for scope, until in sorted(self._cool_until.items(), key=lambda kv: kv[1]):
-            if until <= now:
+        for scope, cooling in sorted(self._cooldowns.items(), key=lambda kv: kv[1].until):
+            if cooling.until <= now:
                 continue
-            entry = {"provider": scope[1], "seconds_left": round(until - now, 1), "reason": self._cool_reason.get(scope, "")}
-            if scope[0] in ("k", "m"):
-                entry["key"] = scope[2] + 1
+            entry: dict = {"provider": scope[1], "seconds_left": round(cooling.until - now, 1), "reason": cooling.reason}
+            if scope[0] in ("k", "m") and cooling.key_index is not None:
+                entry["key"] = cooling.key_index + 1
             if scope[0] == "m":
                 entry["model"] = scope[3]
             out.append(entry)
         return out
 
 
-def is_retryable(error: ProxyError) -> bool:
-    if isinstance(error, (BadGateway, UpstreamTimeout)):
-        return True
-    return isinstance(error, UpstreamError) and (error.status in RETRYABLE_STATUS or error.status in (401, 403) or error.status >= 500)
+def _scopes(attempt: Attempt) -> list[tuple]:
+    name, key = attempt.provider.name, attempt.key
+    return [("p", name), ("k", name, key), ("m", name, key, attempt.target.model)]

@@ -16,8 +16,10 @@ from . import ir
 from .config import Group, Provider
 from .protocols.base import UpstreamCall
 
-# Client headers passed upstream; anything else (auth, hop-by-hop, cookies) stays here.
-FORWARDED_HEADERS = ("user-agent", "traceparent", "tracestate")
+# Client headers passed upstream; anything else (the access key, hop-by-hop headers, cookies) stays here.
+# x-request-id goes up too, always: it is ours (the client's own when it sent a usable one).
+FORWARDED_HEADERS = ("user-agent", "x-client-request-id", "traceparent", "tracestate")
+CLAUDE_ONLY_HEADERS = ("anthropic-beta",)
 
 
 def use_compat(group: Group, provider: Provider, path_compat: bool) -> bool:
@@ -33,11 +35,15 @@ def shape_request(req: ir.Request, group: Group, provider: Provider, alias: str)
     """A copy of ``req`` with the group's and provider's options applied; ``req`` is left untouched."""
     changes: dict = {}
     if group.tool_filter and req.tools:
-        changes["tools"] = [t for t in req.tools if not any(fnmatch.fnmatchcase(t.name, p) for p in group.tool_filter)]
-        if req.tool_choice and req.tool_choice.mode == "tool" and req.tool_choice.name not in {t.name for t in changes["tools"]}:
+        tools = [t for t in req.tools if not any(fnmatch.fnmatchcase(t.name, p) for p in group.tool_filter)]
+        changes["tools"] = tools
+        choice = req.tool_choice
+        if choice and not tools and choice.mode in ("required", "tool"):
+            changes["tool_choice"] = None
+        elif choice and choice.mode == "tool" and choice.name not in {t.name for t in tools}:
             changes["tool_choice"] = ir.ToolChoice("auto")
     if group.temperature_ratio is not None and req.temperature is not None:
-        changes["temperature"] = req.temperature * group.temperature_ratio
+        changes["temperature"] = round(req.temperature * group.temperature_ratio, 6)
     max_tokens = req.max_tokens
     if provider.max_tokens is not None and (max_tokens is None or max_tokens > provider.max_tokens):
         changes["max_tokens"] = provider.max_tokens
@@ -51,24 +57,35 @@ def _injects_for(group: Group, alias: str) -> bool:
 
 
 def _inject(req: ir.Request, group: Group) -> dict:
+    """``enhance`` appends the text, ``replace`` puts it in place of the client's system prompt.
+
+    Position ``system``: to the system prompt. Position ``user``: to the last
+    user message (for models that heed users more than system prompts);
+    ``replace`` then also drops the system prompt. The text goes in as a part
+    of its own, so the client's parts (and their cache marks) stay as they were.
+    """
     text = group.prompt_text
+    replace = group.prompt_injection == "replace"
     if group.prompt_position == "system":
-        if group.prompt_injection == "replace":
+        if replace:
             return {"system": [ir.Text(text)]}
-        joined = ir.text_of(req.system)
-        return {"system": [ir.Text(f"{joined}\n\n{text}" if joined else text)]}
-    # position "user": into the last user message; "replace" also drops the system prompt
+        return {"system": [*req.system, ir.Text(_after(req.system, text))]}
     messages = list(req.messages)
     for i in range(len(messages) - 1, -1, -1):
         if messages[i].role == "user":
-            messages[i] = ir.Message("user", [*messages[i].parts, ir.Text(text)])
+            messages[i] = ir.Message("user", [*messages[i].parts, ir.Text(_after(messages[i].parts, text))])
             break
     else:
         messages.append(ir.Message("user", [ir.Text(text)]))
     changes: dict = {"messages": messages}
-    if group.prompt_injection == "replace":
+    if replace:
         changes["system"] = []
     return changes
+
+
+def _after(parts: list[ir.Part], text: str) -> str:
+    """The text, set off from the text before it (adapters that flatten parts join them with nothing)."""
+    return f"\n\n{text}" if ir.text_of(parts) else text
 
 
 def finish_call(call: UpstreamCall, provider: Provider, client_headers: Mapping[str, str], request_id: str) -> None:
@@ -78,7 +95,8 @@ def finish_call(call: UpstreamCall, provider: Provider, client_headers: Mapping[
             call.body[key] = {**call.body[key], **value}
         else:
             call.body[key] = value
-    for name in FORWARDED_HEADERS:
+    forwarded = FORWARDED_HEADERS + CLAUDE_ONLY_HEADERS if provider.protocol == "claude" else FORWARDED_HEADERS
+    for name in forwarded:
         if name in client_headers and name not in call.headers:
             call.headers[name] = client_headers[name]
     call.headers["x-request-id"] = request_id

@@ -1,32 +1,38 @@
 """The one pooled HTTP client every upstream call goes through, with the four timeouts.
 
-``connect`` bounds the TCP/TLS connect, ``first_byte`` the wait for response
-headers and then for the first body bytes, ``idle`` every later gap between
-body chunks, ``total`` the whole exchange. 0 disables one.
+Per provider, in seconds, 0 disabling one: ``connect`` bounds the TCP/TLS
+connect; ``first_byte`` the wait from sending the request to the first body
+bytes (the response headers must come within it too); ``idle`` every later gap
+between body chunks; ``total`` the whole exchange.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator
+from email.utils import parsedate_to_datetime
+from typing import AsyncIterator, Mapping
 
 import aiohttp
+import orjson
 
 from .config import Provider
 from .errors import BadGateway, UpstreamTimeout
 from .protocols.base import UpstreamCall
 
-import orjson
-
 _MAX_ERROR_BODY = 64 * 1024
+
+
+class ConnectFailed(BadGateway):
+    """The upstream could not be reached at all (refused, unresolvable, TLS failure): the whole provider is at fault."""
 
 
 @dataclass(slots=True)
 class UpstreamResponse:
     status: int
-    headers: "aiohttp.typedefs.LooseHeaders"
+    headers: Mapping[str, str]
     chunks: AsyncIterator[bytes]
     response: aiohttp.ClientResponse
     opened_at: float  # monotonic time the headers arrived
@@ -41,6 +47,7 @@ class UpstreamResponse:
         return b"".join(parts)
 
     def close(self) -> None:
+        """Drop the connection unless the body was read to its end (then it went back to the pool already)."""
         self.response.close()
 
 
@@ -72,26 +79,33 @@ class UpstreamClient:
     async def open(self, call: UpstreamCall, provider: Provider) -> UpstreamResponse:
         """Send the request and wait for the headers; the body is read through ``chunks``."""
         t = provider.timeouts
-        deadline = time.monotonic() + t.total if t.total else None
+        sent = time.monotonic()
+        deadline = sent + t.total if t.total else None
+        first_byte_by = sent + t.first_byte if t.first_byte else None
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect or None, connect=t.connect or None)
-        kwargs = {}
+        kwargs: dict = {}
         if provider.proxy:
             kwargs["proxy"] = provider.proxy
         if not provider.verify_tls:
             kwargs["ssl"] = False
         data = orjson.dumps(call.body)
         try:
-            async with asyncio.timeout(_budget(t.first_byte, deadline)):
+            async with asyncio.timeout(_seconds_left(first_byte_by, deadline)):
                 response = await self.session.request(call.method, call.url, data=data, headers=call.headers, timeout=timeout, **kwargs)
-        except TimeoutError:
-            raise UpstreamTimeout(f"{provider.name} sent no response headers within {t.first_byte:g}s") from None
+        # aiohttp's own timeouts are TimeoutErrors too: they must be told apart first
         except aiohttp.ServerTimeoutError:
             raise UpstreamTimeout(f"{provider.name}: connecting took longer than {t.connect:g}s") from None
+        except TimeoutError:
+            if deadline and time.monotonic() >= deadline:
+                raise UpstreamTimeout(f"{provider.name} did not finish within {t.total:g}s") from None
+            raise UpstreamTimeout(f"{provider.name} sent no response headers within {t.first_byte:g}s") from None
         except aiohttp.ClientConnectorError as e:
-            raise BadGateway(f"{provider.name} is unreachable ({e.os_error.strerror or e.os_error})") from None
+            why = e.os_error.strerror or str(e.os_error) or type(e).__name__
+            raise ConnectFailed(f"{provider.name} is unreachable ({why})") from None
         except aiohttp.ClientError as e:
             raise BadGateway(f"{provider.name}: {type(e).__name__}: {e}") from None
-        return UpstreamResponse(response.status, response.headers, _body_chunks(response, provider, deadline), response, time.monotonic())
+        chunks = _body_chunks(response, provider, first_byte_by, deadline)
+        return UpstreamResponse(response.status, response.headers, chunks, response, time.monotonic())
 
     async def read_error(self, resp: UpstreamResponse) -> bytes:
         try:
@@ -102,27 +116,29 @@ class UpstreamClient:
             resp.close()
 
 
-def _budget(limit: float, deadline: float | None) -> float | None:
-    remaining = deadline - time.monotonic() if deadline else None
-    if limit and remaining is not None:
-        return max(0.0, min(limit, remaining))
-    return limit or remaining
+def _seconds_left(*deadlines: float | None) -> float | None:
+    """Seconds to the nearest deadline; None when there is none."""
+    nearest = min((d for d in deadlines if d is not None), default=None)
+    return None if nearest is None else max(0.0, nearest - time.monotonic())
 
 
-async def _body_chunks(response: aiohttp.ClientResponse, provider: Provider, deadline: float | None) -> AsyncIterator[bytes]:
+async def _body_chunks(
+    response: aiohttp.ClientResponse, provider: Provider, first_byte_by: float | None, deadline: float | None
+) -> AsyncIterator[bytes]:
     t = provider.timeouts
     first = True
     try:
         while True:
-            limit = t.first_byte if first else t.idle
+            wait_until = first_byte_by if first else (time.monotonic() + t.idle if t.idle else None)
             try:
-                async with asyncio.timeout(_budget(limit, deadline)):
+                async with asyncio.timeout(_seconds_left(wait_until, deadline)):
                     chunk = await response.content.readany()
             except TimeoutError:
                 if deadline and time.monotonic() >= deadline:
                     raise UpstreamTimeout(f"{provider.name} did not finish within {t.total:g}s") from None
-                what = "sent no data" if first else "stalled mid-stream"
-                raise UpstreamTimeout(f"{provider.name} {what} for {limit:g}s") from None
+                if first:
+                    raise UpstreamTimeout(f"{provider.name} sent no data within {t.first_byte:g}s") from None
+                raise UpstreamTimeout(f"{provider.name} stalled mid-stream for {t.idle:g}s") from None
             except aiohttp.ClientPayloadError as e:
                 raise BadGateway(f"{provider.name} broke off the response: {e}") from None
             except aiohttp.ClientError as e:
@@ -132,4 +148,33 @@ async def _body_chunks(response: aiohttp.ClientResponse, provider: Provider, dea
             first = False
             yield chunk
     finally:
+        # read to the end: the connection goes back to the pool; otherwise it is dropped, not left reading
         response.release() if response.content.at_eof() else response.close()
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds an upstream asked us to wait: ``retry-after-ms``, or ``Retry-After`` as seconds or an HTTP date."""
+    ms = _number(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
+        return None
+    seconds = _number(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return max(0.0, value) if value is not None and math.isfinite(value) else None
