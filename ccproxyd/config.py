@@ -509,6 +509,8 @@ def parse_config(data: dict[str, Any], path: str = "<config>", env: dict[str, st
                 r.error(f"keys[{i}].groups", f"group {grp!r} does not exist")
     if not keys and not r.errors and not is_loopback(server.host):
         r.error("server.listen", f"{server.listen} is not a loopback address; define [[keys]] before listening on the network")
+    if "active_group" in (top.get("server") or {}) and server.active_group not in groups:
+        r.error("server.active_group", f"group {server.active_group!r} does not exist")
     config = Config(path, server, keys, providers, groups, _read_mcp(r, top.get("mcp")))
     if r.errors:
         raise ConfigError(r.errors)

@@ -139,7 +139,8 @@ class Dispatcher:
         outbound: Adapter, compat: bool, record: RequestRecord, release: list[Any],
     ) -> AsyncIterator[ir.Event]:
         """The upstream's answer as IR events; the upstream response is put in ``release`` to be closed."""
-        shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias)
+        default_max = config.server.default_max_tokens if outbound.requires_max_tokens else None
+        shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias, default_max)
         tools = shaped.tools
         if compat and shaped.tools:
             from .compat import prepare_request

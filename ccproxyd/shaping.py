@@ -31,8 +31,11 @@ def use_compat(group: Group, provider: Provider, path_compat: bool) -> bool:
     return path_compat
 
 
-def shape_request(req: ir.Request, group: Group, provider: Provider, alias: str) -> ir.Request:
-    """A copy of ``req`` with the group's and provider's options applied; ``req`` is left untouched."""
+def shape_request(req: ir.Request, group: Group, provider: Provider, alias: str, default_max_tokens: int | None = None) -> ir.Request:
+    """A copy of ``req`` with the group's and provider's options applied; ``req`` is left untouched.
+
+    ``default_max_tokens`` fills in a client's missing max_tokens, for upstreams that require one.
+    """
     changes: dict = {}
     if group.tool_filter and req.tools:
         tools = [t for t in req.tools if not any(fnmatch.fnmatchcase(t.name, p) for p in group.tool_filter)]
@@ -44,9 +47,11 @@ def shape_request(req: ir.Request, group: Group, provider: Provider, alias: str)
             changes["tool_choice"] = ir.ToolChoice("auto")
     if group.temperature_ratio is not None and req.temperature is not None:
         changes["temperature"] = round(req.temperature * group.temperature_ratio, 6)
-    max_tokens = req.max_tokens
+    max_tokens = req.max_tokens if req.max_tokens is not None else default_max_tokens
     if provider.max_tokens is not None and (max_tokens is None or max_tokens > provider.max_tokens):
-        changes["max_tokens"] = provider.max_tokens
+        max_tokens = provider.max_tokens
+    if max_tokens != req.max_tokens:
+        changes["max_tokens"] = max_tokens
     if group.prompt_injection != "off" and group.prompt_text and _injects_for(group, alias):
         changes.update(_inject(req, group))
     return dataclasses.replace(req, **changes) if changes else req

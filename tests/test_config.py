@@ -124,3 +124,8 @@ def test_file_errors(tmp_path):
 def test_example_config_is_valid():
     config = load_config("etc/ccproxy.toml", env={})
     assert "default" in config.groups and config.server.listen == "127.0.0.1:11435"
+
+
+def test_active_group_must_exist_when_given():
+    errs = errors_of(with_(server={"active_group": "nope"}))
+    assert errs == ["ccproxy.toml: server.active_group: group 'nope' does not exist"]

@@ -282,3 +282,12 @@ def test_user_position_injection_without_a_user_message_adds_one():
 ])
 def test_use_compat(provider_mode, group_mode, path_compat, compat):
     assert use_compat(Group("g", tool_mode=group_mode), Provider("p", "openai", "http://up", tool_mode=provider_mode), path_compat) is compat
+
+
+def test_default_max_tokens_fills_in_only_when_asked_and_is_clamped():
+    req = ir.Request("m", [ir.Message("user", [ir.Text("hi")])])
+    provider = Provider("p", "claude", "http://x")
+    assert shape_request(req, Group("g"), provider, "m").max_tokens is None
+    assert shape_request(req, Group("g"), provider, "m", 4096).max_tokens == 4096
+    clamped = Provider("p", "claude", "http://x", max_tokens=1000)
+    assert shape_request(req, Group("g"), clamped, "m", 4096).max_tokens == 1000

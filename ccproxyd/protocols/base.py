@@ -75,6 +75,8 @@ class Adapter(ABC):
     name: ClassVar[str]
     # Upstreams that cannot fetch image URLs themselves: the dispatcher inlines them first.
     inline_images_only: ClassVar[bool] = False
+    # Upstreams that refuse a request without max_tokens: the dispatcher fills in server.default_max_tokens.
+    requires_max_tokens: ClassVar[bool] = False
 
     # ------------------------------------------------------------ inbound (client side)
 

@@ -20,6 +20,7 @@ from .stream import ClaudeStreamDecoder, ClaudeStreamEncoder
 
 class ClaudeAdapter(Adapter):
     name = "claude"
+    requires_max_tokens = True
 
     # ------------------------------------------------------------ inbound
 
