@@ -66,8 +66,9 @@ def test_group_from_path_model_field_and_switch():
 
 
 def test_switch_to_a_missing_group_says_which_setting_is_wrong():
-    config = make_config({"default": {"models": {"m": ["p/a"]}}}, active_group="gone")
-    with pytest.raises(NotFound, match="server.active_group is 'gone'"):
+    # active_group left at its default, "default", with no such group (an explicit one is checked at load)
+    config = make_config({"team": {"models": {"m": ["p/a"]}}})
+    with pytest.raises(NotFound, match="server.active_group is 'default'"):
         resolve_group(config, "switch", "m")
 
 
