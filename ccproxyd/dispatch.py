@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from . import ir
+from .compat import parse_stream, prepare_request
 from .config import Config, Group
 from .errors import (
     BadGateway,
@@ -142,9 +143,7 @@ class Dispatcher:
         default_max = config.server.default_max_tokens if outbound.requires_max_tokens else None
         shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias, default_max)
         tools = shaped.tools
-        if compat and shaped.tools:
-            from .compat import prepare_request
-
+        if compat:  # also without tools: earlier tool calls in the history must become text
             shaped = prepare_request(shaped, plan.group.prompt_position)
         if outbound.inline_images_only:
             shaped = await inline_images(shaped, self.upstream, config.server)
@@ -170,8 +169,6 @@ class Dispatcher:
             except (ValueError, KeyError, TypeError) as e:
                 raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
         if compat and tools:
-            from .compat import parse_stream
-
             events = parse_stream(events, tools)
         return _guard(events)
 
