@@ -26,3 +26,14 @@ check: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# The benchmark (docs/performance.md): direct vs ccproxyd vs a bare pass-through (vs LiteLLM with
+# LITELLM=/path/to/litellm, from a venv of its own). Uses wrk when installed. BENCH_ARGS passes options.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]' || echo "bench: matplotlib could not be installed; the run will have no chart"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run $(if $(LITELLM),--litellm $(LITELLM)) $(BENCH_ARGS)

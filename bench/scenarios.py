@@ -1,0 +1,155 @@
+"""What the benchmark sends: the scenarios, their requests, and the configs of the servers under test.
+
+Each scenario is one client request sent three ways: to ccproxyd (which
+converts it for the upstream the alias names), straight to the emulator in the
+client's own protocol ("direct": what the client would see with no proxy), and,
+where it speaks the protocol, through LiteLLM. The emulator picks its reply
+shape from the model name (see ``bench.upstream``), so the model names below
+carry ``-paced`` / ``compat`` / ``idle`` on purpose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+SYSTEM = "You are a terse assistant."
+USER = "Say hello to the benchmark."
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+NON_STREAM_MARK = b"Hello from the bench upstream."
+LITELLM_KEY = "sk-bench-litellm-master-7f3a9c2e41d8b6a05e9f"
+
+
+def openai_request(model: str, stream: bool, tools: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}],
+                            "max_tokens": 256}
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    if tools:
+        body["tools"] = [WEATHER_TOOL]
+    return body
+
+
+def claude_request(model: str, stream: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "max_tokens": 256, "system": SYSTEM, "messages": [{"role": "user", "content": USER}]}
+    if stream:
+        body["stream"] = True
+    return body
+
+
+CLAUDE_HEADERS = {"anthropic-version": "2023-06-01"}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    client: str  # the client's protocol
+    upstream: str  # the upstream's protocol behind ccproxyd
+    path: str  # on ccproxyd (and LiteLLM); direct requests use the same path on the emulator
+    model: str
+    stream: bool
+    mark: bytes  # bytes every good answer contains
+    headers: tuple[tuple[str, str], ...] = ()
+    compat: bool = False
+    litellm: bool = False  # LiteLLM speaks this client protocol to an OpenAI-compatible upstream
+    passthrough: bool = False  # also measure the bare pass-through (same protocol only)
+
+    def body(self, model: str | None = None) -> dict[str, Any]:
+        model = model or self.model
+        if self.client == "claude":
+            return claude_request(model, self.stream)
+        return openai_request(model, self.stream, tools=self.compat)
+
+    def paced(self) -> "Scenario":
+        """The same request to the model that waits between frames (for the stream total-time check)."""
+        return replace(self, model=self.model + "-paced")
+
+    def target(self, base_url: str, extra_headers: dict[str, str] | None = None, path: str | None = None) -> dict[str, Any]:
+        """A loadgen/wrk target spec for this request at ``base_url``."""
+        headers = dict(self.headers)
+        headers.update(extra_headers or {})
+        return {"url": base_url + (path or self.path), "body": self.body(), "headers": headers}
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The adapters ccproxyd must have registered to run this scenario."""
+        return tuple(dict.fromkeys((self.client, self.upstream)))
+
+
+def stream_mark(chunks: int) -> bytes:
+    return f"w{chunks - 1} ".encode()
+
+
+def scenarios(chunks: int) -> list[Scenario]:
+    last = stream_mark(chunks)
+    return [
+        Scenario("openai-openai", "OpenAI→OpenAI non-stream", "openai", "openai", "/v1/chat/completions", "bench-openai",
+                 False, NON_STREAM_MARK, litellm=True, passthrough=True),
+        Scenario("claude-openai", "Claude→OpenAI non-stream", "claude", "openai", "/v1/messages", "bench-openai",
+                 False, NON_STREAM_MARK, tuple(CLAUDE_HEADERS.items()), litellm=True),
+        Scenario("openai-openai-stream", f"OpenAI→OpenAI stream ×{chunks}", "openai", "openai", "/v1/chat/completions",
+                 "bench-openai", True, last, litellm=True, passthrough=True),
+        Scenario("claude-gemini-stream", f"Claude→Gemini stream ×{chunks}", "claude", "gemini", "/v1/messages",
+                 "bench-gemini", True, last, tuple(CLAUDE_HEADERS.items())),
+        Scenario("compat-stream", f"compat mode stream ×{chunks}", "openai", "openai", "/compat_mode/v1/chat/completions",
+                 "bench-compat", True, b"get_weather", compat=True),
+    ]
+
+
+def idle_scenario() -> Scenario:
+    return Scenario("idle-streams", "idle streams", "openai", "openai", "/v1/chat/completions", "bench-idle", True, b"[DONE]")
+
+
+# ---------------------------------------------------------------- configs of the servers under test
+
+
+def ccproxyd_config(port: int, upstream_url: str, state_dir: str, workers: int = 1) -> dict[str, Any]:
+    """Default server settings (access log and usage stats on): what a user runs, not a tuned build."""
+    models = {}
+    for name, provider in (("bench-openai", "emu_openai"), ("bench-gemini", "emu_gemini"), ("bench-compat", "emu_openai")):
+        models[name] = [f"{provider}/{name}"]
+        models[name + "-paced"] = [f"{provider}/{name}-paced"]
+    models["bench-idle"] = ["emu_idle/bench-idle"]  # a provider of its own: idle-stream failures cool only it down
+    return {
+        "server": {"listen": f"127.0.0.1:{port}", "workers": workers, "state_dir": state_dir},
+        "providers": {
+            "emu_openai": {"protocol": "openai", "base_url": upstream_url + "/v1", "api_keys": ["sk-bench-upstream"]},
+            "emu_idle": {"protocol": "openai", "base_url": upstream_url + "/v1", "api_keys": ["sk-bench-upstream"]},
+            "emu_claude": {"protocol": "claude", "base_url": upstream_url, "api_keys": ["sk-bench-upstream"]},
+            "emu_gemini": {"protocol": "gemini", "base_url": upstream_url, "api_keys": ["sk-bench-upstream"]},
+            "emu_ollama": {"protocol": "ollama", "base_url": upstream_url},
+        },
+        "groups": {"default": {"models": models}},
+    }
+
+
+def litellm_config(upstream_url: str) -> str:
+    """LiteLLM's proxy config (YAML, written by hand: no YAML library needed)."""
+    entries = []
+    for name in ("bench-openai", "bench-openai-paced"):
+        entries.append(
+            f"  - model_name: {name}\n    litellm_params:\n      model: openai/{name}\n"
+            f"      api_base: {upstream_url}/v1\n      api_key: sk-bench-upstream\n"
+        )
+    return (
+        "model_list:\n" + "".join(entries)
+        + "litellm_settings:\n  drop_params: true\n  telemetry: false\n"
+        + f"general_settings:\n  master_key: {LITELLM_KEY}\n"
+    )
+
+
+LITELLM_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no fetch of the cost map at start
+    "LITELLM_USE_CHAT_COMPLETIONS_URL_FOR_ANTHROPIC_MESSAGES": "true",  # /v1/messages → chat/completions upstream
+    "LITELLM_LOG": "ERROR",
+    "NO_PROXY": "127.0.0.1,localhost",
+}
