@@ -52,9 +52,9 @@ class UpstreamResponse:
 
 
 class UpstreamClient:
-    """Owns the shared ClientSession (keep-alive, per-host limit); one per worker."""
+    """Owns the shared ClientSession (keep-alive pool); one per worker."""
 
-    def __init__(self, limit_per_host: int = 256) -> None:
+    def __init__(self, limit_per_host: int = 0) -> None:  # 0: no cap; every open stream holds a connection
         self._limit_per_host = limit_per_host
         self._session: aiohttp.ClientSession | None = None
 
@@ -82,7 +82,8 @@ class UpstreamClient:
         sent = time.monotonic()
         deadline = sent + t.total if t.total else None
         first_byte_by = sent + t.first_byte if t.first_byte else None
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect or None, connect=t.connect or None)
+        # sock_connect only: aiohttp's ``connect`` also counts waiting for a free pooled connection
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect or None)
         kwargs: dict = {}
         if provider.proxy:
             kwargs["proxy"] = provider.proxy
