@@ -109,7 +109,7 @@ def parse_path(method: str, path: str, query: dict[str, str] | None = None, hint
         group = m["group"]
         if group is not None and (group in RESERVED_SEGMENTS or not GROUP_NAME.match(group)):
             continue
-        if method not in methods:
+        if method not in methods and method != "OPTIONS":  # a CORS preflight may ask about any endpoint
             wrong_method = True
             continue
         if protocol == "gemini" and action == "chat":

@@ -77,6 +77,10 @@ def test_unknown_paths_are_404_in_the_shape_they_look_like(path, protocol):
     assert e.value.protocol == protocol
 
 
+def test_a_cors_preflight_matches_any_endpoint():
+    assert parse_path("OPTIONS", "/g/v1/messages", {}).action == "chat"
+
+
 def test_wrong_method_is_told_apart():
     with pytest.raises(MethodNotAllowed) as e:
         parse_path("GET", "/v1/messages", {})
