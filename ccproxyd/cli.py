@@ -1,4 +1,4 @@
-"""The ``ccproxyd`` command: run the daemon, check or write a config."""
+"""The ``ccproxyd`` command: run the daemon (one process or a supervisor of workers), check or write a config, report usage."""
 
 from __future__ import annotations
 
@@ -6,12 +6,16 @@ import asyncio
 import logging
 import signal
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import click
 from aiohttp import web
 
-from . import __version__
+from . import __version__, service
 from .config import Config, ConfigError, is_loopback, load_config, split_listen
+from .observe import configure_logging
 
 log = logging.getLogger("ccproxyd")
 
@@ -35,14 +39,6 @@ def _load(path: str, listen: str | None) -> Config:
         sys.exit(2)
 
 
-def setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 @click.group(invoke_without_command=True)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Path to the TOML config.")
 @click.option("--listen", help="HOST:PORT to listen on, overriding server.listen.")
@@ -56,8 +52,23 @@ def main(ctx: click.Context, config_path: str | None, listen: str | None) -> Non
     if not config_path:
         raise click.UsageError("--config PATH is required (or use `ccproxyd init PATH` to write one)")
     config = _load(config_path, listen)
-    setup_logging(config.server.log_level)
-    serve(config)
+    configure_logging(config)
+    count = service.worker_count(config.server.workers)
+    if count > 1:
+        sys.exit(service.Supervisor(config, count, listen).run())
+    serve(config, listen_override=listen)
+
+
+@main.command(hidden=True)
+@click.option("--index", type=int, required=True)
+@click.option("--runtime-dir", required=True, type=click.Path(file_okay=False))
+@click.pass_context
+def worker(ctx: click.Context, index: int, runtime_dir: str) -> None:
+    """One worker process of a supervisor (started by ``ccproxyd`` itself when server.workers > 1)."""
+    service.die_with_parent()
+    config = _load(ctx.obj["config_path"], ctx.obj["listen"])
+    configure_logging(config)
+    serve(config, worker=WorkerSeat(index, runtime_dir), listen_override=ctx.obj["listen"])
 
 
 @main.command()
@@ -102,20 +113,64 @@ def init(path: str, force: bool) -> None:
     click.echo(f"wrote {path}; check it with: ccproxyd --config {path} check")
 
 
-def serve(config: Config) -> None:
+@main.command()
+@click.option("--since", default="24h", show_default=True, help="How far back: 90s, 30m, 24h, 7d, 2w or all.")
+@click.option("--by", "by", type=click.Choice(["alias", "target", "key", "day"]), default="alias", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per group instead of a table.")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Where stats.sqlite3 is (default: from --config, $STATE_DIRECTORY or ./var).")
+@click.pass_context
+def stats(ctx: click.Context, since: str, by: str, as_json: bool, state_dir: str | None) -> None:
+    """Usage per alias, target, key or day: requests, error rate, tokens, p50/p95 latency."""
+    import orjson
+
+    from .config import Server
+    from .stats import DB_NAME, format_table, parse_since, summarize
+
+    try:
+        window = parse_since(since)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--since") from None
+    if state_dir:
+        path = Path(state_dir) / DB_NAME
+    else:
+        server = _load(ctx.obj["config_path"], None).server if ctx.obj["config_path"] else Server()
+        path = service.state_dir(server) / DB_NAME
+    try:
+        rows = summarize(path, window, by)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+    elif rows:
+        click.echo(format_table(rows, by))
+    else:
+        click.echo(f"no requests in the last {since}" if window is not None else "no requests recorded")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSeat:
+    index: int
+    runtime_dir: str
+
+
+def serve(config: Config, worker: WorkerSeat | None = None, listen_override: str | None = None) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, worker, listen_override))
 
 
-async def _serve(config: Config) -> None:
-    from .server import create_app, reload_config
+async def _serve(config: Config, worker: WorkerSeat | None = None, listen_override: str | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests finish within the grace."""
+    from .server import STATE, create_app
 
     app = create_app(config)
+    state = app[STATE]
+    if worker is not None:
+        state.worker_index, state.runtime_dir = worker.index, worker.runtime_dir
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.shutdown_grace)
     await runner.setup()
     ssl_context = None
@@ -124,19 +179,58 @@ async def _serve(config: Config) -> None:
 
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(config.server.tls_cert, config.server.tls_key)
-    site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context, backlog=1024)
+    site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context, backlog=1024,
+                       reuse_port=True if worker is not None else None)
     try:
         await site.start()
     except OSError as e:
         log.error("cannot listen on %s: %s", config.server.listen, e.strerror or e)
         await runner.cleanup()
         sys.exit(1)
-    log.info("ccproxyd %s listening on %s", __version__, config.server.listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(app))
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, listen_override))
+    who = f"worker {worker.index}" if worker is not None else "ccproxyd"
+    log.info("%s %s listening on %s", who, __version__, config.server.listen)
+    service.notify("READY=1", f"STATUS=serving on {config.server.listen}")
+    interval = service.watchdog_interval()
+    watchdog = loop.create_task(service.watchdog_pings(interval)) if interval else None
     await stop.wait()
-    log.info("shutting down")
+    state.draining = True
+    service.notify("STOPPING=1", "STATUS=draining")
+    log.info("%s draining: %d request(s) in flight, up to %gs to finish", who, state.in_flight, config.server.shutdown_grace)
     await runner.cleanup()
+    if watchdog is not None:
+        watchdog.cancel()
+    log.info("%s stopped", who)
+
+
+_RESTART_ONLY = ("workers", "shutdown_grace", "state_dir", "stats", "tls_cert", "tls_key")
+
+
+def _reload(app: web.Application, listen_override: str | None) -> None:
+    """SIGHUP: validate and swap the config; in-flight requests keep the one they started with."""
+    from .server import STATE, reload_config
+
+    state = app[STATE]
+    service.notify(*service.reloading_fields())
+    old = state.config
+    new = reload_config(app)
+    if state.metrics is not None and state.runtime_dir is None:
+        state.metrics.reload_done(new is not None)
+    state.last_reload = {"time": time.time(), "ok": new is not None}
+    if new is None:
+        state.last_reload["error"] = "the new config is invalid (see the log); the previous config stays in force"
+        service.notify("READY=1", "STATUS=config reload refused (see the log); running the previous config")
+        return
+    configure_logging(new)
+    if state.stats is not None:
+        state.stats.retention_days = new.server.stats_retention_days
+    changed = [k for k in _RESTART_ONLY if getattr(old.server, k) != getattr(new.server, k)]
+    if new.server.listen != old.server.listen and not listen_override:
+        changed.append("listen")
+    if changed and state.worker_index is None:  # in workers the supervisor says it once
+        log.warning("server.%s changed; that takes effect after a restart", ", server.".join(changed))
+    service.notify("READY=1", f"STATUS=serving on {old.server.listen}")

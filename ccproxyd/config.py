@@ -311,7 +311,7 @@ def _read_server(r: _Reader, raw: Any) -> Server:
         keyless_loopback=keyless,
         cors_origins=r.strings("server", t, "cors_origins"),
         max_body_bytes=g("max_body_bytes", int, _at_least(1024)),
-        max_json_depth=g("max_json_depth", int, _at_least(8)),
+        max_json_depth=g("max_json_depth", int, lambda v: None if 8 <= v <= 200 else "must be between 8 and 200 (deeper JSON cannot be re-encoded)"),
         workers=g("workers", int, _at_least(0)),
         shutdown_grace=g("shutdown_grace", (int, float), _at_least(0)),
         log_format=g("log_format", str, _one_of(("text", "json"))),

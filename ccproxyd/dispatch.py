@@ -18,6 +18,8 @@ from typing import Any, AsyncIterator
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from . import ir
 from .compat import parse_stream, prepare_request
@@ -50,16 +52,20 @@ _MAX_RESPONSE = 64 * 1024 * 1024
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, refused early when it is over ``limit`` bytes."""
+async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) -> dict[str, Any]:
+    """The body as a JSON object, refused early when it is over ``limit`` bytes and when it
+    nests deeper than ``max_depth`` (such values could not even be encoded for the upstream)."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"request body is {request.content_length} bytes; the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge(f"request body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+    except (HttpProcessingError, RequestPayloadError):
+        raise ClientError("request body could not be read: broken chunked framing or content encoding") from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise ClientError("request body is empty; expected a JSON object")
@@ -69,7 +75,22 @@ async def read_json_body(request: web.Request, limit: int) -> dict[str, Any]:
         raise ClientError(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ClientError(f"request body must be a JSON object, got {type(body).__name__}")
+    if _nests_deeper(body, max_depth):
+        raise ClientError(f"request body nests objects and arrays deeper than {max_depth} levels")
     return body
+
+
+def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
+    """Whether containers nest more than ``limit`` deep; iterative, so depth costs no recursion."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
 
 
 @dataclass(slots=True)
@@ -98,7 +119,7 @@ class Dispatcher:
 
     async def chat(self, request: web.Request, route: Route, config: Config, record: RequestRecord, key_groups: tuple[str, ...]) -> web.StreamResponse:
         inbound = ADAPTERS[route.protocol or "openai"]
-        body = await read_json_body(request, config.server.max_body_bytes)
+        body = await read_json_body(request, config.server.max_body_bytes, config.server.max_json_depth)
         client_req = inbound.decode_request(body, route, request.headers)
         record.stream = client_req.stream
         plan = self.plan(config, route, client_req.model, record, key_groups)
@@ -156,9 +177,18 @@ class Dispatcher:
             release.append(resp)
             if resp.status >= 400:
                 error = outbound.decode_error(resp.status, await self.upstream.read_error(resp))
+                error.message = redact_secrets(error.message, config)  # before any log line or client sees it
                 error.retry_after = parse_retry_after(resp.headers)
                 raise error
             body = None if call.stream else await resp.read_all(_MAX_RESPONSE)
+            if call.stream and resp.headers.get("content-type", "").startswith("application/json"):
+                # asked for a stream, answered with one JSON body: most often an error sent with 200
+                whole = await resp.read_all(_MAX_RESPONSE)
+                if _is_error_body(whole):
+                    error = outbound.decode_error(502, whole)
+                    error.message = redact_secrets(error.message, config)
+                    raise error
+                resp.chunks = _replay(whole)
         finally:
             record.upstream_seconds += time.monotonic() - started
         if body is None:
@@ -170,7 +200,7 @@ class Dispatcher:
                 raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
         if compat and tools:
             events = parse_stream(events, tools)
-        return _guard(events)
+        return _guard(events, config)
 
     async def _first_events(self, events: AsyncIterator[ir.Event], record: RequestRecord) -> list[ir.Event]:
         """Events up to the first content, so an early upstream error can still fail over."""
@@ -278,7 +308,7 @@ class Dispatcher:
 
     async def show(self, request: web.Request, route: Route, config: Config, key_groups: tuple[str, ...]) -> dict[str, Any]:
         adapter = ADAPTERS[route.protocol or "ollama"]
-        body = await read_json_body(request, config.server.max_body_bytes)
+        body = await read_json_body(request, config.server.max_body_bytes, config.server.max_json_depth)
         model = adapter.model_from_body(body)
         if not model:
             raise ClientError("model is required", param="model")
@@ -293,7 +323,7 @@ class Dispatcher:
     async def count_tokens(self, request: web.Request, route: Route, config: Config, record: RequestRecord, key_groups: tuple[str, ...]) -> dict[str, Any]:
         """Forwarded to an upstream that can count; otherwise (or if that fails) estimated."""
         inbound = ADAPTERS[route.protocol or "claude"]
-        body = await read_json_body(request, config.server.max_body_bytes)
+        body = await read_json_body(request, config.server.max_body_bytes, config.server.max_json_depth)
         client_req = inbound.decode_request(body, route, request.headers)
         plan = self.plan(config, route, client_req.model, record, key_groups)
         for attempt in itertools.islice(plan.attempts, 1):
@@ -315,18 +345,49 @@ class Dispatcher:
         return inbound.encode_count_tokens(ir.estimate_tokens(client_req))
 
 
-async def _guard(events: AsyncIterator[ir.Event]) -> AsyncIterator[ir.Event]:
-    """Turn failures while reading the upstream into one StreamError event."""
+async def _guard(events: AsyncIterator[ir.Event], config: Config) -> AsyncIterator[ir.Event]:
+    """Turn failures while reading the upstream into one StreamError event, its message free of keys."""
     try:
         async for event in events:
+            if isinstance(event, ir.StreamError):
+                event = ir.StreamError(event.kind, redact_secrets(event.message, config), event.status)
             yield event
     except ProxyError as e:
-        yield ir.StreamError(e.kind, e.message, e.status)
+        yield ir.StreamError(e.kind, redact_secrets(e.message, config), e.status)
     except FrameTooLarge as e:
         yield ir.StreamError("bad_gateway", str(e), 502)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        log.warning("upstream stream could not be decoded: %r", e)
+        log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(e)[:500], config))
         yield ir.StreamError("bad_gateway", f"upstream sent a stream that could not be read ({type(e).__name__})", 502)
+
+
+_CREDENTIAL_HEADER_WORDS = ("auth", "key", "token", "secret")
+
+
+def redact_secrets(text: str, config: Config) -> str:
+    """``text`` without any configured key: upstream errors may echo the key they were sent."""
+    secrets = [key for provider in config.providers.values() for key in provider.api_keys]
+    for provider in config.providers.values():
+        for name, value in provider.headers:
+            if any(word in name.lower() for word in _CREDENTIAL_HEADER_WORDS):
+                secrets.extend((value, value.rpartition(" ")[2]))
+    secrets.extend(k.key for k in config.keys)
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 4 and secret in text:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+async def _replay(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+def _is_error_body(body: bytes) -> bool:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and "error" in data
 
 
 def _stream_error(event: ir.StreamError) -> ProxyError:

@@ -15,6 +15,7 @@ import socket
 from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from . import ir
 from .config import Server
@@ -22,44 +23,73 @@ from .errors import ClientError
 from .protocols.fields import split_data_url
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
 def _is_public(address: str) -> bool:
+    """Globally routable, and so is any IPv4 address an IPv6 one carries (mapped, 6to4, NAT64)."""
     ip = ipaddress.ip_address(address)
-    return ip.is_global and not ip.is_multicast
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and any(ip in net for net in _NAT64):
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and not _is_public(str(embedded)):
+            return False
+    return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 
-async def _check_host(host: str, port: int, allow_private: bool) -> None:
-    if allow_private:
-        return
+async def _checked_address(host: str, port: int) -> str:
+    """The address to connect to, once every address ``host`` resolves to proved public."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as e:
         raise ClientError(f"image URL host {host!r} cannot be resolved: {e.strerror or e}") from None
+    if not infos:
+        raise ClientError(f"image URL host {host!r} cannot be resolved")
     for info in infos:
         if not _is_public(info[4][0]):
             raise ClientError(f"image URL host {host!r} resolves to a non-public address; refused")
+    return infos[0][4][0]
+
+
+def _pinned(url: str, host: str, port: int | None, address: str) -> tuple[str, dict]:
+    """``url`` aimed at the checked address, so a second lookup (DNS rebinding) cannot redirect it;
+    the Host header and the TLS name stay the URL's own."""
+    netloc_host = f"[{host}]" if ":" in host else host
+    headers = {"Host": f"{netloc_host}:{port}" if port else netloc_host}
+    return str(URL(url).with_host(address)), {"headers": headers, "server_hostname": host}
 
 
 async def fetch_image(url: str, session: aiohttp.ClientSession, server: Server) -> ir.Image:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ClientError(f"image URL must be http(s) or a data: URL, got {url[:80]!r}")
-    await _check_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), server.image_fetch_allow_private)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ClientError(f"image URL has an invalid port: {url[:80]!r}") from None
+    target, pinning = url, {}
+    if not server.image_fetch_allow_private:
+        address = await _checked_address(parts.hostname, port or (443 if parts.scheme == "https" else 80))
+        target, pinning = _pinned(url, parts.hostname, port, address)
     limit = server.image_fetch_max_bytes
     try:
         async with asyncio.timeout(server.image_fetch_timeout):
-            async with session.get(url, allow_redirects=False) as resp:
+            async with session.get(target, allow_redirects=False, **pinning) as resp:
                 if resp.status != 200:
                     raise ClientError(f"image URL {url[:80]!r} answered HTTP {resp.status}")
-                data = b""
+                chunks, size = [], 0
                 async for chunk in resp.content.iter_chunked(65536):
-                    data += chunk
-                    if len(data) > limit:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > limit:
                         raise ClientError(f"image at {url[:80]!r} is larger than {limit} bytes")
+                data = b"".join(chunks)
                 media_type = resp.content_type if resp.content_type.startswith("image/") else "image/png"
     except TimeoutError:
         raise ClientError(f"image URL {url[:80]!r} did not answer within {server.image_fetch_timeout:g}s") from None
-    except aiohttp.ClientError as e:
+    except (aiohttp.ClientError, ValueError) as e:
         raise ClientError(f"image URL {url[:80]!r} could not be fetched: {e}") from None
     return ir.Image(media_type=media_type, data=base64.b64encode(data).decode())
 

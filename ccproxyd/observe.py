@@ -1,15 +1,33 @@
-"""What one request did, and where that record goes: the log line (and metrics and stats, via hooks)."""
+"""What one request did, and where that record goes: the log line (and metrics and stats, via hooks).
+
+Also what keeps secrets out of every log: the :class:`Redactor` scrubs the
+configured access keys and upstream keys from each formatted log line and
+from the optional body log (``server.log_bodies``).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import re
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+from urllib.parse import urlsplit
 
 import orjson
 
+from .config import Config, Provider, Server
+from .protocols.base import UpstreamCall
+from .upstream import UpstreamClient, UpstreamResponse
+
 log = logging.getLogger("ccproxyd.access")
+body_log = logging.getLogger("ccproxyd.bodies")
 
 
 @dataclass(slots=True)
@@ -37,9 +55,13 @@ class RequestRecord:
     ttfb: float | None = None  # seconds to the first byte sent to the client
     duration: float = 0.0
     cancelled: bool = False
+    open_stream: bool = False  # counted in the open-streams gauge until finished
 
     def as_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__slots__ if name != "started"}
+        return {name: getattr(self, name) for name in self.__slots__ if name not in _INTERNAL}
+
+
+_INTERNAL = frozenset({"started", "open_stream"})
 
 
 Sink = Callable[[RequestRecord], None]
@@ -55,9 +77,12 @@ class Observer:
     def finished(self, record: RequestRecord) -> None:
         record.duration = time.monotonic() - record.started
         if log.isEnabledFor(logging.INFO):
-            log.info(self.format(record))
+            log.info(self.format(record), extra={"access": record})
         for sink in self.sinks:
-            sink(record)
+            try:
+                sink(record)
+            except Exception:  # a broken sink must not break the request or the other sinks
+                log.exception("request %s: a metrics or stats sink failed", record.request_id)
 
     def format(self, r: RequestRecord) -> str:
         if self.log_format == "json":
@@ -68,6 +93,10 @@ class Observer:
             f"target={r.target or '-'} status={r.status} {'stream' if r.stream else 'json'}"
             f"{' compat' if r.compat else ''} dur={r.duration * 1000:.0f}ms up={r.upstream_seconds * 1000:.0f}ms tokens={tokens}"
         )
+        if r.ttfb is not None:
+            line += f" ttfb={r.ttfb * 1000:.0f}ms"
+        if r.key_name:
+            line += f" key={r.key_name}"
         if r.attempts:
             line += " failover=" + ",".join(r.attempts)
         if r.cancelled:
@@ -75,3 +104,222 @@ class Observer:
         if r.error_kind:
             line += f" error={r.error_kind}"
         return line
+
+
+# ---------------------------------------------------------------- secrets
+
+
+REDACTED = "[redacted]"
+_SECRET_NAME = re.compile(r"auth|key|token|secret|password|cookie", re.IGNORECASE)
+_SECRET_QUERY = re.compile(r"([?&](?:key|api_key|apikey|access_token|token)=)[^&#]*", re.IGNORECASE)
+_MIN_SECRET = 8  # shorter values would scrub ordinary words
+
+
+def secrets_of(config: Config) -> set[str]:
+    """Every configured value that must never be logged: access keys, upstream keys, secret-looking headers and env."""
+    found = {k.key for k in config.keys}
+    for p in config.providers.values():
+        found.update(p.api_keys)
+        found.update(v for name, v in p.headers if _SECRET_NAME.search(name))
+        if p.proxy and urlsplit(p.proxy).password:
+            found.add(urlsplit(p.proxy).password)  # type: ignore[arg-type]
+    for s in config.mcp.servers:
+        found.update(v for name, v in (*s.headers, *s.env) if _SECRET_NAME.search(name))
+    return {v for v in found if len(v) >= _MIN_SECRET}
+
+
+class Redactor:
+    """Replaces every known secret (and its JSON-escaped form) in a text with ``[redacted]``, in one regex pass."""
+
+    def __init__(self, secrets: set[str] | None = None) -> None:
+        self._pattern: re.Pattern[str] | None = None
+        self.update(secrets or set())
+
+    def update(self, secrets: set[str]) -> None:
+        forms = set(secrets) | {orjson.dumps(s).decode()[1:-1] for s in secrets}
+        ordered = sorted(forms, key=len, reverse=True)  # longest first, so a key containing another is fully replaced
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    def scrub(self, text: str) -> str:
+        return self._pattern.sub(REDACTED, text) if self._pattern else text
+
+
+def redact_url(url: str) -> str:
+    return _SECRET_QUERY.sub(lambda m: m.group(1) + REDACTED, url)
+
+
+def redact_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {k: REDACTED if _SECRET_NAME.search(k) else v for k, v in headers.items()}
+
+
+# ---------------------------------------------------------------- the process's log output
+
+
+class LogFormatter(logging.Formatter):
+    """``text``: ``time level logger: message``; ``json``: one object per line (access lines carry every record field).
+    Either way the finished line goes through the redactor."""
+
+    def __init__(self, log_format: str = "text", redactor: Redactor | None = None) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.json_lines = log_format == "json"
+        self.redactor = redactor or Redactor()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not self.json_lines:
+            return self.redactor.scrub(super().format(record))
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        access = getattr(record, "access", None)
+        if isinstance(access, RequestRecord):
+            entry.update(access.as_dict())
+        else:
+            entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return self.redactor.scrub(orjson.dumps(entry, default=str).decode())
+
+
+_FORMATTER: LogFormatter | None = None
+
+
+def configure_logging(config: Config) -> LogFormatter:
+    """stderr (journald under systemd), one line per record, secrets scrubbed; call again after a reload."""
+    global _FORMATTER
+    if _FORMATTER is None:
+        _FORMATTER = LogFormatter()
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_FORMATTER)
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+    _FORMATTER.json_lines = config.server.log_format == "json"
+    _FORMATTER.redactor.update(secrets_of(config))
+    logging.getLogger().setLevel(getattr(logging, config.server.log_level.upper(), logging.INFO))
+    return _FORMATTER
+
+
+# ---------------------------------------------------------------- the body log (server.log_bodies)
+
+
+_BODY_LIMIT = 1024 * 1024  # bytes of one body kept in the log
+
+
+def body_log_path(server: Server) -> Path:
+    from .service import state_dir
+
+    return Path(server.log_bodies_path) if server.log_bodies_path else state_dir(server) / "bodies.jsonl"
+
+
+class BodyLog:
+    """Upstream request and response bodies, one redacted JSON line each, written by a thread of its own."""
+
+    def __init__(self, path: Path, redactor: Redactor) -> None:
+        self.path = path
+        self.redactor = redactor
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)  # bodies may hold private conversations
+        self._file = os.fdopen(fd, "a", encoding="utf-8")
+        self._queue: queue.SimpleQueue[dict | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write_lines, name="ccproxyd-bodies", daemon=True)
+        self._thread.start()
+
+    def write(self, entry: dict) -> None:
+        entry["time"] = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        self._queue.put(entry)
+
+    def _write_lines(self) -> None:
+        while (entry := self._queue.get()) is not None:
+            try:
+                line = self.redactor.scrub(orjson.dumps(entry, default=str).decode())
+                self._file.write(line + "\n")
+                if self._queue.empty():
+                    self._file.flush()
+            except (OSError, TypeError) as e:
+                body_log.warning("%s: %s", self.path, e)
+        self._file.close()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+
+class BodyLogs:
+    """The current body log for the running config: opened when ``log_bodies`` turns on (at start or reload)."""
+
+    def __init__(self) -> None:
+        self.redactor = Redactor()
+        self._config: Config | None = None
+        self._log: BodyLog | None = None
+        self._failed: Path | None = None
+
+    def current(self, config: Config) -> BodyLog | None:
+        if not config.server.log_bodies:
+            return None
+        if config is not self._config:
+            self._config = config
+            self.redactor.update(secrets_of(config))
+        path = body_log_path(config.server)
+        if self._log is not None and self._log.path == path:
+            return self._log
+        if self._failed == path:
+            return None
+        self.close()
+        try:
+            self._log = BodyLog(path, self.redactor)
+        except OSError as e:
+            self._failed = path
+            body_log.error("cannot open the body log %s: %s", path, e)
+            return None
+        body_log.warning("logging upstream request and response bodies to %s (server.log_bodies); turn it off when done", path)
+        return self._log
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class TappedUpstream(UpstreamClient):
+    """The upstream client, writing each call's request and response bodies to the body log when it is on."""
+
+    def __init__(self, body_log: Callable[[], BodyLog | None]) -> None:
+        super().__init__()
+        self._body_log = body_log
+
+    async def open(self, call: UpstreamCall, provider: Provider) -> UpstreamResponse:
+        bodies = self._body_log()
+        if bodies is None:
+            return await super().open(call, provider)
+        about = {"request_id": call.headers.get("x-request-id", ""), "provider": provider.name}
+        bodies.write({**about, "direction": "upstream_request", "method": call.method, "url": redact_url(call.url),
+                      "headers": redact_headers(call.headers), "body": call.body})
+        try:
+            resp = await super().open(call, provider)
+        except Exception as e:
+            bodies.write({**about, "direction": "upstream_response", "error": f"{type(e).__name__}: {e}"})
+            raise
+        resp.chunks = _tee(resp.chunks, bodies, {**about, "direction": "upstream_response", "status": resp.status})
+        return resp
+
+
+async def _tee(chunks: AsyncIterator[bytes], bodies: BodyLog, entry: dict) -> AsyncIterator[bytes]:
+    """Pass the chunks on; log what passed (up to a limit) once the body ends or is abandoned."""
+    kept: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in chunks:
+            if size < _BODY_LIMIT:
+                kept.append(chunk[: _BODY_LIMIT - size])
+            size += len(chunk)
+            yield chunk
+    finally:
+        raw = b"".join(kept)
+        try:
+            entry["body"] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            entry["body"] = raw.decode("utf-8", errors="replace")
+        if size > _BODY_LIMIT:
+            entry["truncated_bytes"] = size - _BODY_LIMIT
+        bodies.write(entry)

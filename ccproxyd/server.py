@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import re
+import sqlite3
 import time
 import uuid
 from collections import defaultdict, deque
@@ -19,16 +21,20 @@ from typing import Any, Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from . import __version__
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
-from .dispatch import Dispatcher
-from .mcpproxy import McpProxy
+from .dispatch import Dispatcher, redact_secrets
 from .errors import AuthError, ClientError, NotFound, ProxyError, RateLimited
-from .observe import Observer, RequestRecord
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
+from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream
 from .paths import MethodNotAllowed, PathNotFound, Route, client_hint, parse_path
 from .protocols import ADAPTERS
 from .routing import Router
+from .service import read_status
+from .stats import StatsWriter, db_path
 from .upstream import UpstreamClient
 
 log = logging.getLogger("ccproxyd")
@@ -55,9 +61,23 @@ class AppState:
     started: float = field(default_factory=time.time)
     in_flight: int = 0
     dispatcher: Dispatcher = field(init=False)
+    metrics: Metrics | None = None
+    stats: StatsWriter | None = None
+    bodies: BodyLogs = field(default_factory=BodyLogs)
+    worker_index: int | None = None  # set in a worker process of a supervisor (server.workers > 1)
+    runtime_dir: str | None = None  # the supervisor's shared directory (status, metrics snapshots)
+    draining: bool = False  # SIGTERM received: finishing in-flight requests, accepting no new connections
+    last_reload: dict[str, Any] | None = None  # time, ok, error of the last SIGHUP, for /healthz
+
+    tasks: set[asyncio.Task] = field(default_factory=set)  # fire-and-forget work, kept referenced until done
 
     def __post_init__(self) -> None:
         self.dispatcher = Dispatcher(self.router, self.upstream)
+
+    def background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
 
 STATE = web.AppKey("ccproxyd_state", AppState)
@@ -77,7 +97,9 @@ def reload_config(app: web.Application, path: str | None = None) -> Config | Non
     state.config = new
     state.observer.log_format = new.server.log_format
     if state.mcp is not None:
-        asyncio.get_running_loop().create_task(state.mcp.reload(new.mcp))
+        state.background(state.mcp.reload(new.mcp))
+    elif new.mcp.servers:
+        state.background(_start_mcp(state))
     log.info("config reloaded from %s", new.path)
     return new
 
@@ -85,8 +107,12 @@ def reload_config(app: web.Application, path: str | None = None) -> Config | Non
 # ---------------------------------------------------------------- middlewares
 
 
-def _error_response(protocol: str | None, err: ProxyError) -> web.Response:
-    status, body = ADAPTERS[protocol or "openai"].encode_error(err)
+def _error_response(protocol: str | None, err: ProxyError, config: Config) -> web.Response:
+    err.message = redact_secrets(err.message, config)
+    if not 400 <= err.status <= 599:  # an upstream's error code that is no HTTP error status
+        err.status = 502
+    adapter = ADAPTERS.get(protocol or "openai") or ADAPTERS["openai"]
+    status, body = adapter.encode_error(err)
     if isinstance(body, str):
         return web.Response(status=status, text=body)
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
@@ -109,6 +135,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         except PathNotFound as e:
             protocol = e.protocol
             raise NotFound(f"no such endpoint: {request.method} {request.path}") from None
+        if route.protocol is not None and route.protocol not in ADAPTERS:
+            raise NotFound(f"the {route.protocol} protocol is not served by this build")
         protocol = route.protocol
         request[ROUTE] = route
         record.protocol, record.action = route.protocol, route.action
@@ -117,16 +145,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return response
     except ProxyError as e:
         record.status, record.error_kind = e.status, e.kind
-        return _error_response(protocol, e)
-    except asyncio.CancelledError:
+        return _error_response(protocol, e, state.config)
+    except (asyncio.CancelledError, ConnectionResetError):  # the client went away
         record.cancelled, record.status = True, record.status or 499
         raise
-    except (ConnectionResetError, web.HTTPException):
+    except web.HTTPException:
         raise
     except Exception:
         log.exception("unexpected error in request %s", record.request_id)
         record.status, record.error_kind = 500, "internal"
-        return _error_response(protocol, ProxyError(f"internal error in ccproxyd (request id {record.request_id})"))
+        return _error_response(protocol, ProxyError(f"internal error in ccproxyd (request id {record.request_id})"), state.config)
     finally:
         state.in_flight -= 1
         if record.action and record.action not in _OPEN_ACTIONS:
@@ -164,26 +192,42 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     remote = request.remote or ""
     if route.protocol in config.server.keyless_loopback and is_loopback(remote):
         return await handler(request)
+    per_minute = config.server.auth_failures_per_minute
+    if _auth_blocked(state, remote, per_minute):  # before comparing: a blocked address learns nothing
+        raise RateLimited("too many failed authentication attempts from this address; wait a minute")
     presented = _presented_key(request)
     key = find_key(config.keys, presented) if presented else None
     if key is None:
-        _note_auth_failure(state, remote, config.server.auth_failures_per_minute)
+        if presented:  # a wrong key is a guess; a missing one is not, and must not lock the address out
+            _note_auth_failure(state, remote, per_minute)
         raise AuthError("missing access key" if not presented else "invalid access key")
     request[ACCESS_KEY] = key
     request[RECORD].key_name = key.name
     return await handler(request)
 
 
-def _note_auth_failure(state: AppState, remote: str, per_minute: int) -> None:
+def _auth_blocked(state: AppState, remote: str, per_minute: int) -> bool:
+    """Whether ``remote`` failed authentication ``per_minute`` times within the last minute."""
+    failures = state.auth_failures.get(remote)
+    if not failures:
+        return False
     now = time.monotonic()
-    failures = state.auth_failures[remote]
     while failures and now - failures[0] > 60:
         failures.popleft()
-    if len(failures) >= per_minute:
-        raise RateLimited("too many failed authentication attempts from this address; wait a minute")
-    failures.append(now)
-    if len(state.auth_failures) > 10_000:  # bound memory under a spray of addresses
-        state.auth_failures.clear()
+    return len(failures) >= per_minute
+
+
+def _note_auth_failure(state: AppState, remote: str, per_minute: int) -> None:
+    failures = state.auth_failures[remote]
+    failures.append(time.monotonic())
+    while len(failures) > per_minute:
+        failures.popleft()
+    if len(state.auth_failures) > 10_000:  # bound memory under a spray of addresses: forget the stale ones
+        cutoff = time.monotonic() - 60
+        for address in [a for a, f in state.auth_failures.items() if not f or f[-1] < cutoff]:
+            del state.auth_failures[address]
+        if len(state.auth_failures) > 10_000:
+            state.auth_failures.clear()
 
 
 # ---------------------------------------------------------------- the handler
@@ -205,11 +249,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if action == "health":
         return _health(request, state)
     if action == "metrics":
-        metrics = getattr(state, "metrics", None)
-        if metrics is None:
+        if state.metrics is None:
             raise NotFound("metrics are not enabled")
-        return web.Response(body=metrics.render(state), content_type="text/plain", charset="utf-8")
+        return web.Response(body=state.metrics.render(state), headers={"Content-Type": METRICS_CONTENT_TYPE})
     if action in ("mcp_sse", "mcp_http"):
+        if state.mcp is None:
+            raise NotFound("no MCP servers are configured")
         return await state.mcp.handle(request, route)
     adapter = ADAPTERS[route.protocol or "openai"]
     if action == "chat":
@@ -229,14 +274,39 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 
 def _health(request: web.Request, state: AppState) -> web.Response:
-    body: dict[str, Any] = {"status": "ok", "version": __version__, "uptime_s": round(time.time() - state.started, 1)}
+    """Readiness: the config is loaded (always, once serving), the workers are up, and not draining (503)."""
+    status = read_status(state.runtime_dir)
+    workers = {"configured": status["workers"], "ready": status["ready"]} if status else {"configured": 1, "ready": 1}
+    if state.draining:
+        verdict = "draining"
+    else:
+        verdict = "ok" if workers["ready"] >= workers["configured"] else "degraded"
+    body: dict[str, Any] = {
+        "status": verdict, "ready": not state.draining, "version": __version__,
+        "uptime_s": round(time.time() - state.started, 1), "config": status["config"] if status else state.config.path,
+        "workers": workers,
+    }
+    last_reload = status.get("last_reload") if status else state.last_reload
+    if last_reload:
+        body["last_reload"] = last_reload
     if request.query.get("deep"):
         presented = _presented_key(request)
-        if state.config.keys and not (presented and find_key(state.config.keys, presented)):
-            raise AuthError("deep health needs an access key")
+        if state.config.keys:
+            remote, per_minute = request.remote or "", state.config.server.auth_failures_per_minute
+            if _auth_blocked(state, remote, per_minute):
+                raise RateLimited("too many failed authentication attempts from this address; wait a minute")
+            if not (presented and find_key(state.config.keys, presented)):
+                if presented:
+                    _note_auth_failure(state, remote, per_minute)
+                raise AuthError("deep health needs an access key")
         body["cooldowns"] = state.router.snapshot()
         body["in_flight"] = state.in_flight
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
+        body["open_streams"] = state.metrics.open_streams if state.metrics else None
+        body["pid"], body["worker"] = os.getpid(), state.worker_index
+        if status:
+            workers["pids"] = status["pids"]
+            workers["restarts"] = status["restarts"]
+    return web.Response(status=503 if state.draining else 200, body=orjson.dumps(body), content_type="application/json")
 
 
 # ---------------------------------------------------------------- CORS and common headers
@@ -262,17 +332,77 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
 # ---------------------------------------------------------------- the app
 
 
+class _MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request its HTTP parser refuses (a header over its size limit, broken framing)
+    as an ERROR with a traceback; that is the client's mistake, so it becomes one WARNING line,
+    without the offending bytes (they may hold a key)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (HttpProcessingError, RequestPayloadError)):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "refused a malformed HTTP request (%s)", (type(exc.__cause__ or exc).__name__,)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_malformed_requests() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(_MalformedRequestFilter())
+
+
 def create_app(config: Config) -> web.Application:
-    state = AppState(config)
+    _quiet_malformed_requests()
+    bodies = BodyLogs()
+    state = AppState(config, upstream=TappedUpstream(lambda: bodies.current(state.config)), bodies=bodies)
     state.observer.log_format = config.server.log_format
+    state.metrics = Metrics(lambda: state.config, RECORD)
+    state.observer.sinks.append(state.metrics.observe)
     app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=config.server.max_body_bytes)
     app[STATE] = state
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)  # every path, even one with a newline in it
     app.on_response_prepare.append(_on_prepare)
+    app.on_response_prepare.append(state.metrics.on_response_prepare)
+    app.cleanup_ctx.append(_stats_ctx)
+    app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_mcp_ctx)
     app.on_shutdown.append(_mcp_shutdown)
     return app
+
+
+async def _stats_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """The usage-stats writer; a database that cannot be opened disables stats, not the daemon."""
+    state = app[STATE]
+    server = state.config.server
+    if server.stats:
+        writer = StatsWriter(db_path(server), server.stats_retention_days)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, writer.start)
+        except (OSError, sqlite3.Error) as e:
+            log.error("usage stats are off: cannot open %s: %s", writer.path, e)
+        else:
+            state.stats = writer
+            state.observer.sinks.append(writer.record)
+    yield
+    if state.stats is not None:
+        state.observer.sinks.remove(state.stats.record)
+        await asyncio.get_running_loop().run_in_executor(None, state.stats.close)
+    state.bodies.close()
+
+
+async def _metrics_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """In a worker, share this worker's numbers with its siblings through the runtime directory."""
+    state = app[STATE]
+    task = None
+    if state.metrics is not None and state.runtime_dir is not None and state.worker_index is not None:
+        state.metrics.load_base(state.runtime_dir, state.worker_index)
+        task = asyncio.get_running_loop().create_task(state.metrics.write_snapshots(state, state.runtime_dir, state.worker_index))
+    yield
+    if task is not None:
+        task.cancel()
+        state.metrics.write_snapshot(state.metrics.collect(state), state.runtime_dir, state.worker_index)  # type: ignore[union-attr, arg-type]
 
 
 async def _upstream_ctx(app: web.Application):  # type: ignore[no-untyped-def]
@@ -281,14 +411,25 @@ async def _upstream_ctx(app: web.Application):  # type: ignore[no-untyped-def]
 
 
 async def _mcp_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-    """The MCP proxy exists even with no servers configured, so a reload can add some."""
+    """The MCP proxy starts with the first configured MCP server (at start or on a reload that adds one):
+    it imports the MCP SDK, ~40 MB of resident memory a proxy without MCP servers has no use for."""
     state = app[STATE]
-    state.mcp = McpProxy(state.config.mcp)
-    await state.mcp.start()
+    if state.config.mcp.servers:
+        await _start_mcp(state)
     yield
-    await state.mcp.close()
+    if state.mcp is not None:
+        await state.mcp.close()
+
+
+async def _start_mcp(state: AppState) -> None:
+    from .mcpproxy import McpProxy
+
+    mcp = McpProxy(state.config.mcp)
+    await mcp.start()
+    state.mcp = mcp
 
 
 async def _mcp_shutdown(app: web.Application) -> None:
     """End MCP client sessions first: their open event streams would hold the shutdown for shutdown_grace."""
-    await app[STATE].mcp.shutdown()
+    if app[STATE].mcp is not None:
+        await app[STATE].mcp.shutdown()

@@ -25,28 +25,36 @@ class SSEEvent:
 
 
 async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """Lines (without their LF/CRLF/CR ending) from a byte stream; a last unterminated line is yielded too."""
-    buf = b""
+    """Lines (without their LF/CRLF/CR ending) from a byte stream; a last unterminated line is yielded too.
+
+    Only each new chunk is scanned, and an incomplete line is kept as pieces joined once it ends,
+    so a long line arriving a few bytes at a time costs linear, not quadratic, time.
+    """
+    pending: list[bytes] = []  # pieces of the line not yet ended
+    pending_size = 0
+    after_cr = False  # the previous chunk ended in CR: a leading LF now belongs to that CRLF
     async for chunk in chunks:
         if not chunk:
             continue
-        buf += chunk
-        # CR alone is a line ending in SSE; normalise CRLF first, then CR, unless a CR ends the buffer
-        if b"\r" in buf:
-            tail_cr = buf.endswith(b"\r")
-            buf = buf.replace(b"\r\n", b"\n")
-            if tail_cr:
-                buf = buf[:-1].replace(b"\r", b"\n") + b"\r"
-            else:
-                buf = buf.replace(b"\r", b"\n")
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            yield line
-        if len(buf) > MAX_FRAME:
-            raise FrameTooLarge("upstream sent a line longer than %d bytes" % MAX_FRAME)
-    buf = buf.rstrip(b"\r")
-    if buf:
-        yield buf
+        if after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        after_cr = chunk.endswith(b"\r")
+        if b"\r" in chunk:  # CR alone is a line ending in SSE too
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, rest = chunk.split(b"\n")
+        if lines:
+            if pending:
+                lines[0] = b"".join(pending) + lines[0]
+                pending, pending_size = [], 0
+            for line in lines:
+                yield line
+        if rest:
+            pending.append(rest)
+            pending_size += len(rest)
+            if pending_size > MAX_FRAME:
+                raise FrameTooLarge("upstream sent a line longer than %d bytes" % MAX_FRAME)
+    if pending:
+        yield b"".join(pending)
 
 
 async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[SSEEvent]:
@@ -54,7 +62,10 @@ async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[SSEEvent]:
     event: str | None = None
     data: list[str] = []
     size = 0
+    first = True
     async for raw in iter_lines(chunks):
+        if first:
+            raw, first = raw.removeprefix(b"\xef\xbb\xbf"), False  # a byte order mark may open the stream
         if not raw:
             if data:
                 yield SSEEvent(event, "\n".join(data))

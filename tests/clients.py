@@ -60,7 +60,7 @@ class Driver:
         raise NotImplementedError
 
     async def close(self) -> None:
-        pass
+        await self.client.close()
 
 
 class OpenAIDriver(Driver):
@@ -119,8 +119,6 @@ class OpenAIDriver(Driver):
         result.calls = [Call(i, n, json.loads(a or "{}")) for _, (i, n, a) in sorted(calls.items())]
         return result
 
-    async def close(self):
-        await self.client.close()
 
 
 class ClaudeDriver(Driver):
@@ -170,8 +168,6 @@ class ClaudeDriver(Driver):
         result.input_tokens = (result.input_tokens or 0) + cached
         return result
 
-    async def close(self):
-        await self.client.close()
 
 
 class GeminiDriver(Driver):

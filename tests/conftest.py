@@ -74,7 +74,7 @@ def proxy_config(upstreams: dict[str, Upstream] | list[Upstream], **overrides: A
     if isinstance(upstreams, list):
         upstreams = {u.protocol: u for u in upstreams}
     config: dict[str, Any] = {
-        "server": {"listen": "127.0.0.1:0"},
+        "server": {"listen": "127.0.0.1:0", "stats": False},  # tests that need stats turn them on with a tmp state_dir
         "keys": [{"name": "tests", "key": ACCESS_KEY}],
         "providers": {
             name: {"protocol": u.protocol, "base_url": u.base_url, "api_keys": [UPSTREAM_KEY], "timeouts": {"connect": 5, "first_byte": 10, "idle": 10}}

@@ -35,6 +35,7 @@ async def test_keyless_loopback_lets_ollama_clients_in_without_a_key(proxy):
     client = ollama.AsyncClient(host=proxy.url)  # no auth header at all, as many editors
     reply = await client.chat(model="m-openai", messages=[{"role": "user", "content": "hi"}], stream=False)
     assert reply.message.content == "Hello from the emulator."
+    await client.close()
     async with aiohttp.ClientSession() as s:  # the other protocols still need a key
         async with s.post(proxy.url + "/v1/chat/completions", json=CHAT) as r:
             assert r.status == 401

@@ -214,7 +214,7 @@ class OllamaClient:
         self.messages += [{"role": "tool", "content": RESULTS[n], "tool_name": n} for _, n, _ in turn.calls]
 
     async def close(self) -> None:
-        await self.sdk._client.aclose()
+        await self.sdk.close()
 
 
 CLIENTS = {"openai": OpenAIClient, "claude": ClaudeClient, "gemini": GeminiClient, "ollama": OllamaClient}

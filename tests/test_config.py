@@ -81,6 +81,10 @@ def test_wrong_types_and_values():
     assert "ccproxy.toml: server.max_body_bytes: expected an integer, got a boolean" in errs
 
 
+def test_json_depth_limit_is_bounded():
+    assert errors_of(with_(server={"max_json_depth": 500})) == ["ccproxy.toml: server.max_json_depth: must be between 8 and 200 (deeper JSON cannot be re-encoded)"]
+
+
 def test_reserved_group_names():
     errs = errors_of(with_(groups={"v1": {"models": {"m": ["up/x"]}}, "switch": {"models": {}}}))
     assert any("groups.v1" in e and "reserved" in e for e in errs)

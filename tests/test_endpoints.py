@@ -31,7 +31,9 @@ async def test_model_lists_parse_in_every_sdk(proxy):
     expected = ["m-openai", "m-claude"]  # wildcard patterns are not models
     oa = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=ACCESS_KEY)
     assert [m.id for m in (await oa.models.list()).data] == expected
-    assert [m.id for m in (await openai.AsyncOpenAI(base_url=proxy.url + "/team/v1", api_key=ACCESS_KEY).models.list()).data] == ["team-model"]
+    team = openai.AsyncOpenAI(base_url=proxy.url + "/team/v1", api_key=ACCESS_KEY)
+    assert [m.id for m in (await team.models.list()).data] == ["team-model"]
+    await team.close()
     an = anthropic.AsyncAnthropic(base_url=proxy.url, api_key=ACCESS_KEY)
     assert [m.id async for m in an.models.list()] == expected
     for version in ("v1", "v1beta"):
@@ -48,6 +50,7 @@ async def test_model_lists_parse_in_every_sdk(proxy):
     assert e.value.status_code == 404
     await oa.close()
     await an.close()
+    await ol.close()
 
 
 async def test_model_list_errors_are_in_the_asking_sdks_shape(proxy):
@@ -55,6 +58,7 @@ async def test_model_list_errors_are_in_the_asking_sdks_shape(proxy):
     with pytest.raises(anthropic.AuthenticationError) as e:
         [m async for m in an.models.list()]
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "authentication_error"
+    await an.close()
 
 
 async def test_count_tokens_forwarded_to_claude_and_estimated_otherwise(proxy):

@@ -492,7 +492,7 @@ OTHER_KEY = "sk-ccproxy-other-access-key"
 
 def _daemon_config(docs_url: str) -> dict[str, Any]:
     return {
-        "server": {"listen": "127.0.0.1:0"},
+        "server": {"listen": "127.0.0.1:0", "stats": False},
         "keys": [{"name": "tests", "key": ACCESS_KEY}, {"name": "other", "key": OTHER_KEY}],
         "mcp": {"servers": {"time": TIME_SERVER, "docs": {"url": docs_url}}},
     }

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import ClientError
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _NAMES = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array", dict: "an object"}
 
 
@@ -54,6 +55,8 @@ def integer(body: dict[str, Any], key: str, path: str = "") -> int | None:
         return None
     if isinstance(value, float) and not value.is_integer():
         raise ClientError(f"{path}{key} must be an integer", param=f"{path}{key}")
+    if not INT64_MIN <= value <= INT64_MAX:  # no upstream takes it, and it cannot be encoded as JSON here
+        raise ClientError(f"{path}{key} is out of range", param=f"{path}{key}")
     return int(value)
 
 

@@ -93,7 +93,7 @@ def _clean(node: Any, defs: dict[str, Any], depth: int, expanding: frozenset[str
         out.setdefault("type", "object")
     if str(out.get("type", "")).lower() == "object" and isinstance(props, dict) and props:
         out["properties"] = {name: _clean(sub, defs, depth + 1, expanding) for name, sub in props.items()}
-        required = [r for r in node.get("required") or () if isinstance(r, str) and r in props]
+        required = [r for r in _required(node) if r in props]
         if required:
             out["required"] = required
         ordering = node.get("propertyOrdering")
@@ -135,12 +135,12 @@ def _merge_all_of(node: dict[str, Any]) -> dict[str, Any]:
     """allOf folded into one schema: properties and required lists joined, other keys first-wins."""
     merged: dict[str, Any] = {k: v for k, v in node.items() if k != "allOf"}
     props: dict[str, Any] = dict(merged.get("properties") or {})
-    required: list[str] = list(merged.get("required") or [])
+    required: list[str] = _required(merged)
     for sub in node["allOf"]:
         if not isinstance(sub, dict):
             continue
         props.update(sub.get("properties") or {})
-        required.extend(r for r in sub.get("required") or () if r not in required)
+        required.extend(r for r in _required(sub) if r not in required)
         for key, value in sub.items():
             if key not in ("properties", "required"):
                 merged.setdefault(key, value)
@@ -187,3 +187,9 @@ def from_gemini(schema: Any) -> Any:
             out["anyOf"] = [*out["anyOf"], {"type": "null"}]
     return out
 
+
+
+def _required(node: dict[str, Any]) -> list[str]:
+    """A schema's ``required`` names; anything but a list of strings (``true``, a bare string) names none."""
+    raw = node.get("required")
+    return [r for r in raw if isinstance(r, str)] if isinstance(raw, list) else []

@@ -10,7 +10,8 @@ from functools import lru_cache
 from typing import Any
 
 from ... import ir
-from ...errors import ClientError
+from .. import fields
+from ..fields import check
 
 # The documented stand-in for a thought signature we never received (the call
 # came from another protocol's upstream, or the client dropped it).
@@ -99,36 +100,19 @@ def get(obj: dict[str, Any], key: str) -> Any:
     return obj.get(snake(key)) if value is None else value
 
 
-def check(value: Any, kinds: type | tuple[type, ...], path: str) -> Any:
-    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
-    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if not ok:
-        names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array", dict: "an object"}
-        wanted = " or ".join(names.get(k, k.__name__) for k in kinds)
-        raise ClientError(f"{path} must be {wanted}, got {type(value).__name__}", param=path)
-    return value
-
-
 def opt(obj: dict[str, Any], key: str, kinds: type | tuple[type, ...], path: str = "") -> Any:
+    """``fields.opt`` by either field name (camelCase or snake_case)."""
     value = get(obj, key)
     return None if value is None else check(value, kinds, path + key)
 
 
 def integer(obj: dict[str, Any], key: str, path: str = "") -> int | None:
-    """An integer field; google-genai sends some (topK) as floats."""
-    value = opt(obj, key, (int, float), path)
-    if value is None:
-        return None
-    if isinstance(value, float) and not value.is_integer():
-        raise ClientError(f"{path}{key} must be an integer", param=path + key)
-    return int(value)
+    """``fields.integer`` by either field name; google-genai sends some (topK) as floats."""
+    return fields.integer({key: get(obj, key)}, key, path)
 
 
 def number(obj: dict[str, Any], key: str, path: str = "") -> float | None:
-    value = opt(obj, key, (int, float), path)
-    return None if value is None else float(value)
+    return fields.number({key: get(obj, key)}, key, path)
 
 
 # ---------------------------------------------------------------- signatures

@@ -15,6 +15,7 @@ import orjson
 
 from ... import ir
 from ...errors import ClientError
+from ..fields import INT64_MAX, INT64_MIN
 
 ROLES = ("system", "user", "assistant", "tool")
 EFFORTS = ("low", "medium", "high")
@@ -290,11 +291,11 @@ def _int(obj: dict[str, Any], key: str, where: str) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
         raise _wrong(where, "an integer")
-    return value
+    if not INT64_MIN <= value <= INT64_MAX:  # Go's int64 refuses it, and orjson cannot encode it
+        raise ClientError(f"{where} is out of range", param=where)
+    return int(value)
 
 
 def _wrong(field: str, expected: str) -> ClientError:

@@ -1,0 +1,275 @@
+"""Usage statistics in SQLite (``state_dir/stats.sqlite3``): one row per finished request, and the report over them.
+
+Rows are queued by the Observer sink and inserted in batches by a thread of
+their own, so a request never waits on the disk. Several workers write to the
+same file; WAL mode and a busy timeout let them. Rows older than
+``stats_retention_days`` are deleted at start and hourly.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Server
+from .observe import RequestRecord
+from .service import state_dir
+
+log = logging.getLogger("ccproxyd.stats")
+
+DB_NAME = "stats.sqlite3"
+SCHEMA_VERSION = 1
+GROUPINGS = ("alias", "target", "key", "day")
+_PRUNE_EVERY = 3600.0
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,                 -- unix time the request arrived
+    request_id TEXT NOT NULL,
+    key_name TEXT,                    -- the access key's name, never the key
+    group_name TEXT,
+    alias TEXT,                       -- the model name the client asked for
+    target TEXT,                      -- provider/model that answered (or failed last)
+    protocol TEXT,                    -- the client's protocol
+    upstream_protocol TEXT,
+    action TEXT NOT NULL,
+    compat INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    error_kind TEXT,
+    cancelled INTEGER NOT NULL,       -- the client went away first
+    failovers INTEGER NOT NULL,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    cached_tokens INTEGER,
+    reasoning_tokens INTEGER,
+    duration REAL NOT NULL,           -- seconds
+    ttfb REAL,                        -- seconds to the first byte of a stream
+    upstream_seconds REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
+"""
+_COLUMNS = ("ts", "request_id", "key_name", "group_name", "alias", "target", "protocol", "upstream_protocol", "action", "compat",
+            "stream", "status", "error_kind", "cancelled", "failovers", "input_tokens", "output_tokens", "cached_tokens",
+            "reasoning_tokens", "duration", "ttfb", "upstream_seconds")
+_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+
+
+def db_path(server: Server) -> Path:
+    return state_dir(server) / DB_NAME
+
+
+def row_of(r: RequestRecord) -> tuple:
+    return (r.wall_time, r.request_id, r.key_name, r.group, r.alias, r.target, r.protocol, r.upstream_protocol, r.action,
+            int(r.compat), int(r.stream), r.status, r.error_kind, int(r.cancelled), len(r.attempts), r.input_tokens,
+            r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.duration, r.ttfb, r.upstream_seconds)
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        db.close()
+        raise sqlite3.DatabaseError(f"{path} has schema version {version}, newer than this ccproxyd knows ({SCHEMA_VERSION})")
+    db.executescript(_SCHEMA)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    return db
+
+
+class StatsWriter:
+    """Queues rows from the event loop; a thread inserts them in one transaction per batch."""
+
+    def __init__(self, path: Path, retention_days: int, flush_seconds: float = 1.0, max_pending: int = 100_000) -> None:
+        self.path = path
+        self.retention_days = retention_days
+        self.flush_seconds = flush_seconds
+        self.max_pending = max_pending
+        self.dropped = 0
+        self._pending: collections.deque[tuple] = collections.deque()
+        self._queued = 0
+        self._written = 0  # rows handled (inserted or dropped on error), for flush()
+        self._done = threading.Condition()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._db: sqlite3.Connection | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Opens the database now, so a bad path is reported at start; raises OSError/sqlite3.Error."""
+        self._db = connect(self.path)
+        self._prune()
+        self._thread = threading.Thread(target=self._run, name="ccproxyd-stats", daemon=True)
+        self._thread.start()
+
+    def record(self, r: RequestRecord) -> None:
+        """The Observer sink: O(1), never touches the disk."""
+        if r.action == "metrics":
+            return
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("stats writer is behind; %d rows dropped so far", self.dropped)
+            return
+        self._pending.append(row_of(r))
+        self._queued += 1
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until every row queued before this call is written; for tests and shutdown."""
+        target = self._queued
+        self._wake.set()
+        with self._done:
+            return self._done.wait_for(lambda: self._written >= target, timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        next_prune = time.monotonic() + _PRUNE_EVERY
+        while True:
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self._insert_pending()
+            if time.monotonic() >= next_prune:
+                self._prune()
+                next_prune = time.monotonic() + _PRUNE_EVERY
+            if self._stopping and not self._pending:
+                break
+        assert self._db is not None
+        self._db.close()
+
+    def _insert_pending(self) -> None:
+        rows = []
+        while self._pending:
+            rows.append(self._pending.popleft())
+        if not rows:
+            return
+        assert self._db is not None
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(_INSERT, rows)
+        except sqlite3.Error as e:
+            self.dropped += len(rows)
+            log.warning("could not write %d stats rows to %s: %s", len(rows), self.path, e)
+        with self._done:
+            self._written += len(rows)
+            self._done.notify_all()
+
+    def _prune(self) -> None:
+        assert self._db is not None
+        cutoff = time.time() - self.retention_days * 86400
+        try:
+            deleted = self._db.execute("DELETE FROM requests WHERE ts < ?", (cutoff,)).rowcount
+        except sqlite3.Error as e:
+            log.warning("could not prune %s: %s", self.path, e)
+            return
+        if deleted:
+            log.info("stats: deleted %d rows older than %d days", deleted, self.retention_days)
+
+
+# ---------------------------------------------------------------- the report (`ccproxyd stats`)
+
+
+_SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_GROUP_BY = {
+    "alias": "COALESCE(alias, '-')",
+    "target": "COALESCE(target, '-')",
+    "key": "COALESCE(key_name, '-')",
+    "day": "strftime('%Y-%m-%d', ts, 'unixepoch', 'localtime')",
+}
+
+
+def parse_since(text: str) -> float | None:
+    """``90s``, ``30m``, ``24h``, ``7d``, ``2w`` → seconds; ``all`` → None."""
+    if text == "all":
+        return None
+    m = _SINCE.match(text.strip())
+    if not m:
+        raise ValueError(f"expected a duration like 30m, 24h, 7d or all; got {text!r}")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """Read without creating anything: a root-run report must not leave root-owned files in the daemon's directory."""
+    if not path.exists():
+        raise FileNotFoundError(f"no stats yet: {path} does not exist")
+    if not path.with_name(path.name + "-wal").exists():
+        # no writer has it open (the last one checkpointed and removed the WAL): the main file is
+        # complete, and immutable mode reads it without creating -wal/-shm files as this user
+        return sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """Nearest rank on sorted values."""
+    if not values:
+        return None
+    rank = max(1, -(-len(values) * q // 100))
+    return values[int(rank) - 1]
+
+
+def summarize(path: Path, since: float | None, by: str, now: float | None = None) -> list[dict[str, Any]]:
+    """One dict per group: requests, errors (status >= 400, not cancelled), cancelled, tokens, p50/p95 latency in ms."""
+    expr = _GROUP_BY[by]
+    cutoff = (now or time.time()) - since if since is not None else 0.0
+    db = open_readonly(path)
+    try:
+        totals = db.execute(
+            f"""SELECT {expr} AS k, COUNT(*), SUM(status >= 400 AND NOT cancelled), SUM(cancelled),
+                       SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
+                       SUM(COALESCE(cached_tokens, 0)), SUM(COALESCE(reasoning_tokens, 0))
+                FROM requests WHERE ts >= ? GROUP BY k ORDER BY k""",
+            (cutoff,),
+        ).fetchall()
+        durations: dict[str, list[float]] = collections.defaultdict(list)
+        for key, duration in db.execute(
+            f"SELECT {expr} AS k, duration FROM requests WHERE ts >= ? AND status < 400 AND NOT cancelled ORDER BY k, duration", (cutoff,)
+        ):
+            durations[key].append(duration)
+    finally:
+        db.close()
+    rows = []
+    for key, requests, errors, cancelled, tin, tout, tcached, treasoning in totals:
+        served = durations.get(key, [])
+        p50, p95 = _percentile(served, 50), _percentile(served, 95)
+        rows.append({
+            by: key, "requests": requests, "errors": errors, "cancelled": cancelled,
+            "error_rate": round(errors / requests, 4) if requests else 0.0,
+            "input_tokens": tin, "output_tokens": tout, "cached_tokens": tcached, "reasoning_tokens": treasoning,
+            "p50_ms": round(p50 * 1000, 1) if p50 is not None else None,
+            "p95_ms": round(p95 * 1000, 1) if p95 is not None else None,
+        })
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], by: str) -> str:
+    header = (by, "requests", "errors", "err%", "cancelled", "in tokens", "out tokens", "p50 ms", "p95 ms")
+    body = [
+        (str(r[by]), f"{r['requests']:,}", f"{r['errors']:,}", f"{r['error_rate'] * 100:.1f}", f"{r['cancelled']:,}",
+         f"{r['input_tokens']:,}", f"{r['output_tokens']:,}",
+         "-" if r["p50_ms"] is None else f"{r['p50_ms']:,.0f}", "-" if r["p95_ms"] is None else f"{r['p95_ms']:,.0f}")
+        for r in rows
+    ]
+    if len(rows) > 1:
+        requests = sum(r["requests"] for r in rows)
+        errors = sum(r["errors"] for r in rows)
+        body.append(("total", f"{requests:,}", f"{errors:,}", f"{errors / requests * 100 if requests else 0:.1f}",
+                     f"{sum(r['cancelled'] for r in rows):,}", f"{sum(r['input_tokens'] for r in rows):,}",
+                     f"{sum(r['output_tokens'] for r in rows):,}", "", ""))
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))) for line in (header, *body)]
+    return "\n".join(lines)
