@@ -9,7 +9,9 @@ same file; WAL mode and a busy timeout let them. Rows older than
 from __future__ import annotations
 
 import collections
+import fcntl
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -72,17 +74,28 @@ def row_of(r: RequestRecord) -> tuple:
 
 
 def connect(path: Path) -> sqlite3.Connection:
+    """Open (and on first use create) the database.
+
+    Workers starting together would race on switching to WAL and creating the
+    schema, and SQLite answers the loser "database is locked" without waiting;
+    an advisory lock on the state directory makes them take turns.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        db.close()
-        raise sqlite3.DatabaseError(f"{path} has schema version {version}, newer than this ccproxyd knows ({SCHEMA_VERSION})")
-    db.executescript(_SCHEMA)
-    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    return db
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        db = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise sqlite3.DatabaseError(f"{path} has schema version {version}, newer than this ccproxyd knows ({SCHEMA_VERSION})")
+        db.executescript(_SCHEMA)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return db
+    finally:
+        os.close(directory)  # also releases the lock
 
 
 class StatsWriter:

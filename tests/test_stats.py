@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -154,3 +157,29 @@ def test_summary_percentiles_and_errors(tmp_path):
 @pytest.mark.parametrize("text,seconds", [("90s", 90), ("30m", 1800), ("24h", 86400), ("7d", 604800), ("2w", 1209600), ("all", None)])
 def test_parse_since(text, seconds):
     assert parse_since(text) == seconds
+
+
+def _start_and_close(path: str, barrier: Any, results: Any) -> None:
+    try:
+        writer = StatsWriter(Path(path), retention_days=90)
+        barrier.wait(10)
+        writer.start()
+        writer.close()
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - the test reports whatever went wrong
+        results.put(repr(e))
+
+
+def test_workers_starting_together_all_open_the_database(tmp_path):
+    """Workers racing to create the database and switch it to WAL: each must end up writing stats."""
+    ctx = multiprocessing.get_context("fork")
+    outcomes = []
+    for trial in range(12):
+        path, barrier, results = tmp_path / f"t{trial}" / "stats.sqlite3", ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_start_and_close, args=(str(path), barrier, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        outcomes += [results.get(timeout=30) for _ in procs]
+        for p in procs:
+            p.join(10)
+    assert outcomes == ["ok"] * len(outcomes)
