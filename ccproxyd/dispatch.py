@@ -142,7 +142,7 @@ class Dispatcher:
                     self.router.failed(attempt, e, config.server.cooldown_max)
                     failures.append(e)
                     record.attempts.append(f"{attempt.label}:{e.status}")
-                    log.warning("%s: %s failed with %d (%s); trying the next target", record.request_id, attempt.label, e.status, e.message)
+                    log.warning("%s: %s failed with %d (%s)", record.request_id, attempt.label, e.status, e.message)
                     continue
                 self.router.succeeded(attempt)
                 if client_req.stream:
