@@ -8,7 +8,6 @@ possible until the first byte reaches the client.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import math
@@ -28,7 +27,6 @@ from .errors import (
     BadGateway,
     ClientError,
     Forbidden,
-    NotFound,
     ProxyError,
     RateLimited,
     TooLarge,
@@ -147,10 +145,10 @@ class Dispatcher:
                 self.router.succeeded(attempt)
                 if client_req.stream:
                     events = self._cool_on_error(events, attempt, config.server.cooldown_max)
-                    return await self._stream_to_client(request, route, inbound, client_req, first, events, record, attempt)
+                    return await self._stream_to_client(request, route, inbound, client_req, first, events, record)
                 record.status = 200
                 body = orjson.dumps(inbound.encode_response(response, client_req))
-                return web.Response(body=body, content_type="application/json", headers=self._headers(record, attempt))
+                return web.Response(body=body, content_type="application/json")
             finally:
                 for resp in release:
                     resp.close()
@@ -217,10 +215,10 @@ class Dispatcher:
 
     async def _stream_to_client(
         self, request: web.Request, route: Route, inbound: Adapter, client_req: ir.Request,
-        first: list[ir.Event], events: AsyncIterator[ir.Event], record: RequestRecord, attempt: Attempt,
+        first: list[ir.Event], events: AsyncIterator[ir.Event], record: RequestRecord,
     ) -> web.StreamResponse:
         encoder = inbound.stream_encoder(client_req, route)
-        resp = web.StreamResponse(status=200, headers=self._headers(record, attempt, STREAM_HEADERS))
+        resp = web.StreamResponse(status=200, headers=STREAM_HEADERS)
         resp.content_type = encoder.content_type
         await resp.prepare(request)
         record.status = 200
@@ -250,13 +248,6 @@ class Dispatcher:
         record.upstream_seconds += time.monotonic() - started
         _count(record, response.usage)
         return response
-
-    def _headers(self, record: RequestRecord, attempt: Attempt, extra: dict[str, str] | None = None) -> dict[str, str]:
-        overhead = max(0.0, time.monotonic() - record.started - record.upstream_seconds)
-        headers = {"x-ccproxy-target": attempt.label, "x-ccproxy-overhead-ms": f"{overhead * 1000:.2f}"}
-        if extra:
-            headers.update(extra)
-        return headers
 
     async def _cool_on_error(self, events: AsyncIterator[ir.Event], attempt: Attempt, cap: float) -> AsyncIterator[ir.Event]:
         """Events passed on unchanged; a failure after the first byte cannot fail over, but still cools its target."""

@@ -27,7 +27,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from . import __version__
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
 from .dispatch import Dispatcher, redact_secrets
-from .errors import AuthError, ClientError, NotFound, ProxyError, RateLimited
+from .errors import AuthError, NotFound, ProxyError, RateLimited
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream
 from .paths import MethodNotAllowed, PathNotFound, Route, client_hint, parse_path
@@ -314,8 +314,12 @@ def _health(request: web.Request, state: AppState) -> web.Response:
 
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     record = request.get(RECORD)
-    if record is not None:
+    if record is not None:  # on every response, errors and streams included
         response.headers["x-request-id"] = record.request_id
+        if record.target:
+            response.headers["x-ccproxy-target"] = record.target
+        overhead = max(0.0, time.monotonic() - record.started - record.upstream_seconds)
+        response.headers["x-ccproxy-overhead-ms"] = f"{overhead * 1000:.2f}"
     origins = request.app[STATE].config.server.cors_origins
     origin = request.headers.get("origin")
     if origins and origin and (origin in origins or "*" in origins):

@@ -253,6 +253,13 @@ async def test_response_headers(setup):
             assert r.headers["x-ccproxy-target"] == "openai/upstream-openai-model"
             assert float(r.headers["x-ccproxy-overhead-ms"]) >= 0
     assert emulator.last.headers["x-request-id"] == "req-abc"
+    emulator.script(Reply(error_status=500))
+    async with aiohttp.ClientSession() as s:  # errors carry them too
+        async with s.post(proxy.url + "/v1/chat/completions", json={"model": "m-openai", "messages": [{"role": "user", "content": "x"}]},
+                          headers={"authorization": f"Bearer {ACCESS_KEY}"}) as r:
+            assert r.status == 503 and r.headers["x-request-id"]
+            assert r.headers["x-ccproxy-target"] == "openai/upstream-openai-model"
+            assert float(r.headers["x-ccproxy-overhead-ms"]) >= 0
 
 
 async def test_root_and_health_need_no_key(setup):
