@@ -29,6 +29,7 @@ from ccproxyd.protocols.gemini import ADAPTER
 from ccproxyd.protocols.gemini.wire import SKIP_SIGNATURE
 from tests.emulators.base import Reply, ToolCallScript
 from tests.emulators.gemini import GeminiEmulator, check_request
+from tests.ir_contract import assert_stream_contract
 
 SIG = base64.b64encode(b"a real gemini signature").decode()
 SIG2 = base64.b64encode(b"another signature").decode()
@@ -76,27 +77,6 @@ def sse_objects(data: bytes) -> list[dict[str, Any]]:
 
 def contents_roles(body: dict[str, Any]) -> list[str]:
     return [c["role"] for c in body["contents"]]
-
-
-def assert_well_formed(events: list[ir.Event]) -> None:
-    """The IR stream contract: ResponseStart, non-interleaved blocks, Usage, one Finished last."""
-    assert isinstance(events[0], ir.ResponseStart)
-    assert isinstance(events[-1], ir.Finished)
-    assert sum(isinstance(e, ir.Finished) for e in events) == 1
-    open_block = None
-    starts = {ir.TextStart: "text", ir.ReasoningStart: "reasoning", ir.ToolCallStart: "tool"}
-    ends = {ir.TextEnd: "text", ir.ReasoningEnd: "reasoning", ir.ToolCallEnd: "tool"}
-    deltas = {ir.TextDelta: "text", ir.ReasoningDelta: "reasoning", ir.ToolCallDelta: "tool"}
-    for e in events[1:-1]:
-        if type(e) in starts:
-            assert open_block is None, f"{e} opened inside {open_block}"
-            open_block = starts[type(e)]
-        elif type(e) in ends:
-            assert open_block == ends[type(e)], f"{e} closes {open_block}"
-            open_block = None
-        elif type(e) in deltas:
-            assert open_block == deltas[type(e)], f"{e} outside its block"
-    assert open_block is None
 
 
 # ================================================================ client request → IR
@@ -658,7 +638,7 @@ STREAM = sse(
 
 async def test_decode_stream_in_tiny_chunks_with_crlf_frames() -> None:
     events = await events_of(STREAM, size=5)
-    assert_well_formed(events)
+    assert_stream_contract(events)
     assert events[0] == ir.ResponseStart("r1", "gemini-2.5-flash")
     assert "".join(e.text for e in events if isinstance(e, ir.ReasoningDelta)) == "Thinking."
     assert "".join(e.text for e in events if isinstance(e, ir.TextDelta)) == "Hello"
@@ -672,7 +652,7 @@ async def test_decode_stream_in_tiny_chunks_with_crlf_frames() -> None:
 
 async def test_decode_stream_keeps_part_signatures_on_their_blocks() -> None:
     events = await events_of(sse(frame([{"text": "Hi"}]), frame([{"text": " there", "thoughtSignature": SIG}]), frame([{"text": "", "thoughtSignature": SIG2}], "STOP")))
-    assert_well_formed(events)
+    assert_stream_contract(events)
     starts = [e for e in events if isinstance(e, ir.TextStart)]
     assert [s.provider_metadata for s in starts] == [None, gemini_meta(SIG), gemini_meta(SIG2)]
     response = await ir.collect(ir.iterate(events))
@@ -699,7 +679,7 @@ async def test_decode_stream_of_nothing_is_a_stream_error() -> None:
 async def test_decode_stream_accepts_the_json_array_form() -> None:
     body = b"[" + b",\r\n".join(orjson.dumps(frame([{"text": t}])) for t in ("a", "b")) + b",\r\n" + orjson.dumps(frame([{"text": "c"}], "MAX_TOKENS")) + b"]"
     events = await events_of(body, size=4)
-    assert_well_formed(events)
+    assert_stream_contract(events)
     assert "".join(e.text for e in events if isinstance(e, ir.TextDelta)) == "abc"
     assert events[-1] == ir.Finished(ir.Finish("length", "MAX_TOKENS"))
 
@@ -980,7 +960,7 @@ async def test_adapter_requests_pass_the_emulator_and_answers_decode(emulator: A
     if stream:
         assert emu.last.query == {"alt": "sse"} and resp.content_type == "text/event-stream"
         events = [e async for e in ADAPTER.decode_stream(resp.content.iter_any())]
-        assert_well_formed(events)
+        assert_stream_contract(events)
         assert len([e for e in events if isinstance(e, ir.TextDelta)]) >= 4
         response = await ir.collect(ir.iterate(events))
     else:
@@ -1026,7 +1006,7 @@ async def test_emulator_json_array_stream_through_the_decoder(emulator: Any) -> 
     resp = await client.session.post(call.url.removesuffix("?alt=sse"), data=orjson.dumps(call.body), headers=call.headers)
     assert resp.content_type == "application/json"
     events = [e async for e in ADAPTER.decode_stream(resp.content.iter_any())]
-    assert_well_formed(events)
+    assert_stream_contract(events)
     assert "".join(e.text for e in events if isinstance(e, ir.TextDelta)) == "one two three"
 
 

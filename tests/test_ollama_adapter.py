@@ -22,6 +22,7 @@ from ccproxyd.protocols.base import ModelInfo, UpstreamTarget
 from ccproxyd.protocols.ollama import ADAPTER, OllamaStreamEncoder
 from tests.emulators.base import Reply, ToolCallScript
 from tests.emulators.ollama import OllamaEmulator
+from tests.ir_contract import assert_stream_contract
 
 ROUTE = Route("ollama", "chat")
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 24).decode()
@@ -47,28 +48,6 @@ async def pieces(data: bytes, size: int) -> AsyncIterator[bytes]:
 
 async def events_of(stream: ir.EventStream) -> list[ir.Event]:
     return [e async for e in stream]
-
-
-def assert_stream_contract(events: list[ir.Event]) -> None:
-    """ResponseStart, non-interleaved blocks each closed once, usage, exactly one Finished last."""
-    assert isinstance(events[0], ir.ResponseStart)
-    starts = {ir.TextStart: "text", ir.ReasoningStart: "reasoning", ir.ToolCallStart: "tool"}
-    ends = {ir.TextEnd: "text", ir.ReasoningEnd: "reasoning", ir.ToolCallEnd: "tool"}
-    inside = {ir.TextDelta: "text", ir.ReasoningDelta: "reasoning", ir.ReasoningSignature: "reasoning", ir.ToolCallDelta: "tool"}
-    open_block = None
-    for e in events[1:-1]:
-        if type(e) in starts:
-            assert open_block is None, f"{e} opened inside {open_block}"
-            open_block = starts[type(e)]
-        elif type(e) in ends:
-            assert open_block == ends[type(e)], f"{e} closes {open_block}"
-            open_block = None
-        elif type(e) in inside:
-            assert open_block == inside[type(e)], f"{e} outside its block"
-        else:
-            assert isinstance(e, ir.Usage) and open_block is None, e
-    assert open_block is None
-    assert isinstance(events[-1], ir.Finished)
 
 
 def ndjson(data: bytes) -> list[dict[str, Any]]:
