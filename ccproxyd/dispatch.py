@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -35,7 +35,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .images import inline_images
-from .observe import RequestRecord
+from .observe import BodyLog, RequestRecord
 from .paths import Route
 from .protocols import ADAPTERS
 from .protocols.base import Adapter, ModelInfo, UpstreamTarget
@@ -47,6 +47,7 @@ from .upstream import UpstreamClient, parse_retry_after
 log = logging.getLogger("ccproxyd.dispatch")
 
 _MAX_RESPONSE = 64 * 1024 * 1024
+_BODY_LOG_LIMIT = 1024 * 1024  # bytes of one streamed answer kept in the body log
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -99,9 +100,10 @@ class Plan:
 
 
 class Dispatcher:
-    def __init__(self, router: Router, upstream: UpstreamClient) -> None:
+    def __init__(self, router: Router, upstream: UpstreamClient, body_log: Callable[[], BodyLog | None] = lambda: None) -> None:
         self.router = router
         self.upstream = upstream
+        self.body_log = body_log  # the client side of server.log_bodies (the upstream side is logged by the client)
 
     # ------------------------------------------------------------ planning
 
@@ -118,6 +120,9 @@ class Dispatcher:
     async def chat(self, request: web.Request, route: Route, config: Config, record: RequestRecord, key_groups: tuple[str, ...]) -> web.StreamResponse:
         inbound = ADAPTERS[route.protocol or "openai"]
         body = await read_json_body(request, config.server.max_body_bytes, config.server.max_json_depth)
+        bodies = self.body_log()
+        if bodies is not None:
+            bodies.write({"request_id": record.request_id, "direction": "client_request", "path": request.path, "body": body})
         client_req = inbound.decode_request(body, route, request.headers)
         record.stream = client_req.stream
         plan = self.plan(config, route, client_req.model, record, key_groups)
@@ -145,10 +150,12 @@ class Dispatcher:
                 self.router.succeeded(attempt)
                 if client_req.stream:
                     events = self._cool_on_error(events, attempt, config.server.cooldown_max)
-                    return await self._stream_to_client(request, route, inbound, client_req, first, events, record)
+                    return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies)
                 record.status = 200
-                body = orjson.dumps(inbound.encode_response(response, client_req))
-                return web.Response(body=body, content_type="application/json")
+                answer = inbound.encode_response(response, client_req)
+                if bodies is not None:
+                    bodies.write({"request_id": record.request_id, "direction": "client_response", "status": 200, "body": answer})
+                return web.Response(body=orjson.dumps(answer), content_type="application/json")
             finally:
                 for resp in release:
                     resp.close()
@@ -215,7 +222,7 @@ class Dispatcher:
 
     async def _stream_to_client(
         self, request: web.Request, route: Route, inbound: Adapter, client_req: ir.Request,
-        first: list[ir.Event], events: AsyncIterator[ir.Event], record: RequestRecord,
+        first: list[ir.Event], events: AsyncIterator[ir.Event], record: RequestRecord, bodies: BodyLog | None,
     ) -> web.StreamResponse:
         encoder = inbound.stream_encoder(client_req, route)
         resp = web.StreamResponse(status=200, headers=STREAM_HEADERS)
@@ -223,23 +230,30 @@ class Dispatcher:
         await resp.prepare(request)
         record.status = 200
         record.ttfb = time.monotonic() - record.started
-        out = encoder.begin()
-        for event in first:
-            _count(record, event)
-            out += encoder.encode(event)
-        await resp.write(out)
-        async for event in events:
-            if isinstance(event, ir.StreamError):
-                record.error_kind = event.kind
-                await resp.write(encoder.error(UpstreamError(event.status, event.kind, event.message)))
-                break
-            _count(record, event)
-            data = encoder.encode(event)
-            if data:
-                await resp.write(data)
-        else:
-            await resp.write(encoder.end())
-        await resp.write_eof()
+        sent: list[bytes] = []
+        write = resp.write if bodies is None else _teed(resp, sent)
+        try:
+            out = encoder.begin()
+            for event in first:
+                _count(record, event)
+                out += encoder.encode(event)
+            await write(out)
+            async for event in events:
+                if isinstance(event, ir.StreamError):
+                    record.error_kind = event.kind
+                    await write(encoder.error(UpstreamError(event.status, event.kind, event.message)))
+                    break
+                _count(record, event)
+                data = encoder.encode(event)
+                if data:
+                    await write(data)
+            else:
+                await write(encoder.end())
+            await resp.write_eof()
+        finally:
+            if bodies is not None:
+                text = b"".join(sent)[:_BODY_LOG_LIMIT].decode("utf-8", "replace")
+                bodies.write({"request_id": record.request_id, "direction": "client_response", "status": 200, "stream": True, "body": text})
         return resp
 
     async def _collect(self, events: AsyncIterator[ir.Event], client_req: ir.Request, record: RequestRecord) -> ir.Response:
@@ -367,6 +381,20 @@ def redact_secrets(text: str, config: Config) -> str:
         if len(secret) >= 4 and secret in text:
             text = text.replace(secret, "[redacted]")
     return text
+
+
+def _teed(resp: web.StreamResponse, sent: list[bytes]) -> Callable[[bytes], Awaitable[None]]:
+    """``resp.write`` that also keeps what it sent (up to the body log's limit)."""
+    kept = 0
+
+    async def write(data: bytes) -> None:
+        nonlocal kept
+        if kept < _BODY_LOG_LIMIT:
+            sent.append(data)
+            kept += len(data)
+        await resp.write(data)
+
+    return write
 
 
 async def _replay(body: bytes) -> AsyncIterator[bytes]:

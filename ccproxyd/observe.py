@@ -213,7 +213,7 @@ def body_log_path(server: Server) -> Path:
 
 
 class BodyLog:
-    """Upstream request and response bodies, one redacted JSON line each, written by a thread of its own."""
+    """Request and response bodies (client and upstream side), one redacted JSON line each, written by a thread of its own."""
 
     def __init__(self, path: Path, redactor: Redactor) -> None:
         self.path = path
@@ -272,7 +272,7 @@ class BodyLogs:
             self._failed = path
             body_log.error("cannot open the body log %s: %s", path, e)
             return None
-        body_log.warning("logging upstream request and response bodies to %s (server.log_bodies); turn it off when done", path)
+        body_log.warning("logging client and upstream request and response bodies to %s (server.log_bodies); turn it off when done", path)
         return self._log
 
     def close(self) -> None:

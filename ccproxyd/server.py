@@ -72,7 +72,7 @@ class AppState:
     tasks: set[asyncio.Task] = field(default_factory=set)  # fire-and-forget work, kept referenced until done
 
     def __post_init__(self) -> None:
-        self.dispatcher = Dispatcher(self.router, self.upstream)
+        self.dispatcher = Dispatcher(self.router, self.upstream, lambda: self.bodies.current(self.config))
 
     def background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -78,6 +78,7 @@ async def test_keys_never_appear_in_logs_bodies_stats_or_responses(start_upstrea
     stats = (tmp_path / "state" / "stats.sqlite3").read_bytes()
     assert "status=401" in log or '"status":401' in log  # the traffic did reach the log
     assert bodies.count('"direction":"upstream_request"') >= 3 and "[redacted]" in bodies and "remember them" in bodies
+    assert bodies.count('"direction":"client_request"') >= 3 and '"direction":"client_response"' in bodies
     assert "Incorrect API key provided" in "".join(seen)  # the upstream's message came through, minus the key
     for secret in secrets:
         assert secret not in log, f"{secret} in the log"
