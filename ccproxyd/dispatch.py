@@ -35,7 +35,7 @@ from .errors import (
     UpstreamTimeout,
 )
 from .images import inline_images
-from .observe import BodyLog, RequestRecord
+from .observe import BodyLog, RequestRecord, redact_secrets
 from .paths import Route
 from .protocols import ADAPTERS
 from .protocols.base import Adapter, ModelInfo, UpstreamTarget
@@ -108,9 +108,7 @@ class Dispatcher:
     # ------------------------------------------------------------ planning
 
     def plan(self, config: Config, route: Route, model: str, record: RequestRecord, key_groups: tuple[str, ...] = ()) -> Plan:
-        group, alias_name = resolve_group(config, route.group, model)
-        if key_groups and group.name not in key_groups:
-            raise Forbidden(f"this access key may not use group {group.name!r}")
+        group, alias_name = _allowed_group(config, route, model, key_groups)
         alias = resolve_alias(group, alias_name)
         record.group, record.alias = group.name, alias_name
         return Plan(group, alias_name, self.router.plan(config, group, alias))
@@ -301,9 +299,7 @@ class Dispatcher:
     # ------------------------------------------------------------ the other endpoints
 
     def model_infos(self, config: Config, route: Route, key_groups: tuple[str, ...]) -> list[ModelInfo]:
-        group, _ = resolve_group(config, route.group, "")
-        if key_groups and group.name not in key_groups:
-            raise Forbidden(f"this access key may not use group {group.name!r}")
+        group, _ = _allowed_group(config, route, "", key_groups)
         return [self._info(config, a) for a in group.aliases if not a.is_pattern]
 
     @staticmethod
@@ -317,9 +313,7 @@ class Dispatcher:
         model = adapter.model_from_body(body)
         if not model:
             raise ClientError("model is required", param="model")
-        group, name = resolve_group(config, route.group, model)
-        if key_groups and group.name not in key_groups:
-            raise Forbidden(f"this access key may not use group {group.name!r}")
+        group, name = _allowed_group(config, route, model, key_groups)
         alias = resolve_alias(group, name)
         info = self._info(config, alias)
         info.id = name
@@ -350,6 +344,14 @@ class Dispatcher:
         return inbound.encode_count_tokens(ir.estimate_tokens(client_req))
 
 
+def _allowed_group(config: Config, route: Route, model: str, key_groups: tuple[str, ...]) -> tuple[Group, str]:
+    """The request's group and alias name; 403 when the access key is limited to other groups."""
+    group, name = resolve_group(config, route.group, model)
+    if key_groups and group.name not in key_groups:
+        raise Forbidden(f"this access key may not use group {group.name!r}")
+    return group, name
+
+
 async def _guard(events: AsyncIterator[ir.Event], config: Config) -> AsyncIterator[ir.Event]:
     """Turn failures while reading the upstream into one StreamError event, its message free of keys."""
     try:
@@ -364,23 +366,6 @@ async def _guard(events: AsyncIterator[ir.Event], config: Config) -> AsyncIterat
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(e)[:500], config))
         yield ir.StreamError("bad_gateway", f"upstream sent a stream that could not be read ({type(e).__name__})", 502)
-
-
-_CREDENTIAL_HEADER_WORDS = ("auth", "key", "token", "secret")
-
-
-def redact_secrets(text: str, config: Config) -> str:
-    """``text`` without any configured key: upstream errors may echo the key they were sent."""
-    secrets = [key for provider in config.providers.values() for key in provider.api_keys]
-    for provider in config.providers.values():
-        for name, value in provider.headers:
-            if any(word in name.lower() for word in _CREDENTIAL_HEADER_WORDS):
-                secrets.extend((value, value.rpartition(" ")[2]))
-    secrets.extend(k.key for k in config.keys)
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= 4 and secret in text:
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def _teed(resp: web.StreamResponse, sent: list[bytes]) -> Callable[[bytes], Awaitable[None]]:

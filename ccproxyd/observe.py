@@ -120,7 +120,9 @@ def secrets_of(config: Config) -> set[str]:
     found = {k.key for k in config.keys}
     for p in config.providers.values():
         found.update(p.api_keys)
-        found.update(v for name, v in p.headers if _SECRET_NAME.search(name))
+        for name, value in p.headers:
+            if _SECRET_NAME.search(name):
+                found.update((value, value.rpartition(" ")[2]))  # "Bearer sk-..." and the token alone
         if p.proxy and urlsplit(p.proxy).password:
             found.add(urlsplit(p.proxy).password)  # type: ignore[arg-type]
     for s in config.mcp.servers:
@@ -142,6 +144,20 @@ class Redactor:
 
     def scrub(self, text: str) -> str:
         return self._pattern.sub(REDACTED, text) if self._pattern else text
+
+
+_config_redactor: tuple[Config, Redactor] | None = None
+
+
+def redact_secrets(text: str, config: Config) -> str:
+    """``text`` without any secret of ``config``: upstream errors may echo the key they were sent.
+
+    The redactor is built once per loaded config, not per call.
+    """
+    global _config_redactor
+    if _config_redactor is None or _config_redactor[0] is not config:
+        _config_redactor = (config, Redactor(secrets_of(config)))
+    return _config_redactor[1].scrub(text)
 
 
 def redact_url(url: str) -> str:

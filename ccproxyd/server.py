@@ -26,10 +26,10 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from . import __version__
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
-from .dispatch import Dispatcher, redact_secrets
+from .dispatch import Dispatcher
 from .errors import AuthError, NotFound, ProxyError, RateLimited
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
-from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream
+from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream, redact_secrets
 from .paths import MethodNotAllowed, PathNotFound, Route, client_hint, parse_path
 from .protocols import ADAPTERS
 from .routing import Router
