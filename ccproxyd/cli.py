@@ -16,6 +16,7 @@ from aiohttp import web
 from . import __version__, service
 from .config import Config, ConfigError, is_loopback, load_config, split_listen
 from .observe import configure_logging
+from .rules import describe
 
 log = logging.getLogger("ccproxyd")
 
@@ -92,6 +93,8 @@ def summary(config: Config) -> str:
         lines.append(f"  {g.name} (strategy {g.strategy})")
         for a in g.aliases:
             lines.append(f"    {a.name:<24} -> {', '.join(str(t) for t in a.targets)}")
+        for rule in g.routes:
+            lines.append(f"    rule {rule.number}: {describe(rule.when):<17} -> use {rule.use}")
     if config.mcp.servers:
         lines.append("mcp servers: " + ", ".join(s.name for s in config.mcp.servers))
     return "\n".join(lines)
@@ -115,12 +118,12 @@ def init(path: str, force: bool) -> None:
 
 @main.command()
 @click.option("--since", default="24h", show_default=True, help="How far back: 90s, 30m, 24h, 7d, 2w or all.")
-@click.option("--by", "by", type=click.Choice(["alias", "target", "key", "day"]), default="alias", show_default=True)
+@click.option("--by", "by", type=click.Choice(["alias", "target", "key", "day", "route"]), default="alias", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per group instead of a table.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where stats.sqlite3 is (default: from --config, $STATE_DIRECTORY or ./var).")
 @click.pass_context
 def stats(ctx: click.Context, since: str, by: str, as_json: bool, state_dir: str | None) -> None:
-    """Usage per alias, target, key or day: requests, error rate, tokens, p50/p95 latency."""
+    """Usage per alias, target, key, day or routing rule: requests, error rate, tokens, p50/p95 latency."""
     import orjson
 
     from .config import Server

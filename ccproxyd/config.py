@@ -7,6 +7,7 @@ TOML dicts.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import os
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .paths import GROUP_NAME, RESERVED_SEGMENTS
+from .rules import covers
 
 PROTOCOLS = ("openai", "claude", "gemini", "ollama")
 STRATEGIES = ("round_robin", "weighted", "priority")
@@ -74,6 +76,30 @@ class Alias:
 
 
 @dataclass(frozen=True, slots=True)
+class When:
+    """A routing rule's conditions (None: not asked); all that are given must hold. See rules.py."""
+
+    model: tuple[str, ...] | None = None  # patterns on the requested model name
+    thinking: bool | None = None
+    context_tokens_over: int | None = None
+    images: bool | None = None
+    tools_include: tuple[str, ...] | None = None  # patterns on offered tool names
+    protocol: tuple[str, ...] | None = None  # the client's
+    stream: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    number: int  # 1 for the group's first rule: what x-ccproxy-route, the log and the stats show
+    use: str  # the alias to use instead of the requested one
+    when: When
+
+    @property
+    def label(self) -> str:
+        return f"{self.number}:{self.use}"
+
+
+@dataclass(frozen=True, slots=True)
 class Group:
     name: str
     aliases: tuple[Alias, ...] = ()
@@ -86,6 +112,7 @@ class Group:
     tool_filter: tuple[str, ...] = ()
     temperature_ratio: float | None = None
     tool_mode: str = "auto"  # auto | compat | native
+    routes: tuple[RouteRule, ...] = ()  # evaluated in order before alias resolution
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,7 +488,77 @@ def _read_group(r: _Reader, name: str, raw: Any, providers: dict[str, Any]) -> G
         tool_filter=r.strings(where, t, "tool_filter"),
         temperature_ratio=ratio,
         tool_mode=g("tool_mode", str, _one_of(("auto", "compat", "native"))),
+        routes=_read_routes(r, where, t.get("routes"), name, tuple(aliases)),
     )
+
+
+def _read_routes(r: _Reader, where: str, raw: Any, group: str, aliases: tuple[Alias, ...]) -> tuple[RouteRule, ...]:
+    """``[[groups.NAME.routes]]``: ``when`` (conditions) and ``use`` (an alias of this group), in order."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.error(f"{where}.routes", "expected an array of tables ([[groups.NAME.routes]])")
+        return ()
+    rules: list[RouteRule] = []
+    for i, item in enumerate(raw):
+        at = f"{where}.routes[{i}]"
+        t = r.table(at, item, {"when", "use"})
+        if "when" not in t:
+            r.error(at, "when is missing (write when = {} for a rule that always matches)")
+        if "use" not in t:
+            r.error(at, "use is missing: the alias this rule picks")
+        use = r.get(at, t, "use", str, "")
+        if use and not any(fnmatch.fnmatchcase(use, a.name) if a.is_pattern else a.name == use for a in aliases):
+            listed = ", ".join(a.name for a in aliases) or "none"
+            r.error(f"{at}.use", f"alias {use!r} does not exist in group {group!r} (aliases: {listed})")
+        when = _read_when(r, f"{at}.when", t.get("when"))
+        if when is None or not use:
+            continue
+        rule = RouteRule(i + 1, use, when)
+        earlier = next((e for e in rules if covers(e.when, when)), None)
+        if earlier is not None:
+            r.error(at, f"can never match: rule {earlier.number} (routes[{earlier.number - 1}]) comes first and matches every request this rule matches")
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _read_when(r: _Reader, at: str, raw: Any) -> When | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        r.error(at, 'expected a table of conditions, e.g. { model = "claude-*haiku*" }')
+        return None
+    t, ok = raw, True
+    for key in t:
+        if key not in When.__dataclass_fields__:
+            r.error(f"{at}.{key}", f"unknown condition; expected one of {', '.join(When.__dataclass_fields__)}")
+            ok = False
+    errors = len(r.errors)
+
+    def patterns(key: str) -> tuple[str, ...] | None:
+        value = t.get(key)
+        if value is None:
+            return None
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+            r.error(f"{at}.{key}", "expected a pattern or a non-empty list of patterns")
+            return None
+        return tuple(values)
+
+    protocol = patterns("protocol")
+    for p in protocol or ():
+        if p not in PROTOCOLS:
+            r.error(f"{at}.protocol", f"unknown protocol {p!r}; expected one of {', '.join(PROTOCOLS)}")
+    when = When(
+        model=patterns("model"),
+        thinking=r.get(at, t, "thinking", bool, None),
+        context_tokens_over=r.get(at, t, "context_tokens_over", int, None, _at_least(0)),
+        images=r.get(at, t, "images", bool, None),
+        tools_include=patterns("tools_include"),
+        protocol=protocol,
+        stream=r.get(at, t, "stream", bool, None),
+    )
+    return when if ok and len(r.errors) == errors else None
 
 
 def _read_mcp(r: _Reader, raw: Any) -> Mcp:

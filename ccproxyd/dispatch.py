@@ -13,14 +13,14 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from . import ir
+from . import ir, rules
 from .compat import parse_stream, prepare_request
 from .config import Config, Group
 from .errors import (
@@ -49,6 +49,7 @@ log = logging.getLogger("ccproxyd.dispatch")
 _MAX_RESPONSE = 64 * 1024 * 1024
 _BODY_LOG_LIMIT = 1024 * 1024  # bytes of one streamed answer kept in the body log
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+ALIAS_HEADER = "x-ccproxy-alias"  # names the alias itself, bypassing the group's routing rules
 
 
 async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) -> dict[str, Any]:
@@ -107,10 +108,20 @@ class Dispatcher:
 
     # ------------------------------------------------------------ planning
 
-    def plan(self, config: Config, route: Route, model: str, record: RequestRecord, key_groups: tuple[str, ...] = ()) -> Plan:
-        group, alias_name = _allowed_group(config, route, model, key_groups)
+    def plan(
+        self, config: Config, route: Route, model: str, record: RequestRecord, key_groups: tuple[str, ...] = (),
+        client_req: ir.Request | None = None, headers: Mapping[str, str] | None = None,
+    ) -> Plan:
+        """With ``client_req``, the group's routing rules may pick the alias, unless the client named one
+        itself (``group@alias`` or the ``x-ccproxy-alias`` header)."""
+        forced = (headers.get(ALIAS_HEADER) or None) if headers is not None else None
+        group, alias_name = _allowed_group(config, route, forced or model, key_groups)
+        requested, rule = alias_name, None
+        if group.routes and client_req is not None and forced is None and alias_name == model:
+            rule = rules.choose(group.routes, client_req, route.protocol)
+            alias_name = rule.use if rule is not None else alias_name
         alias = resolve_alias(group, alias_name)
-        record.group, record.alias = group.name, alias_name
+        record.group, record.alias, record.route = group.name, requested, rule.label if rule is not None else None
         return Plan(group, alias_name, self.router.plan(config, group, alias))
 
     # ------------------------------------------------------------ chat
@@ -123,7 +134,7 @@ class Dispatcher:
             bodies.write({"request_id": record.request_id, "direction": "client_request", "path": request.path, "body": body})
         client_req = inbound.decode_request(body, route, request.headers)
         record.stream = client_req.stream
-        plan = self.plan(config, route, client_req.model, record, key_groups)
+        plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
         failures: list[ProxyError] = []
         for attempt in plan.attempts:
             outbound = ADAPTERS[attempt.provider.protocol]
@@ -324,7 +335,7 @@ class Dispatcher:
         inbound = ADAPTERS[route.protocol or "claude"]
         body = await read_json_body(request, config.server.max_body_bytes, config.server.max_json_depth)
         client_req = inbound.decode_request(body, route, request.headers)
-        plan = self.plan(config, route, client_req.model, record, key_groups)
+        plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
         for attempt in itertools.islice(plan.attempts, 1):
             outbound = ADAPTERS[attempt.provider.protocol]
             target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)

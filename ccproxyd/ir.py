@@ -130,6 +130,12 @@ class Request:
     response_format: ResponseFormat | None = None
     reasoning: ReasoningConfig | None = None
     parallel_tool_calls: bool | None = None
+    # Whether the client asked the model to think, in its protocol's way (Claude thinking enabled or
+    # adaptive, OpenAI reasoning_effort, Gemini thinkingConfig, Ollama think); routing rules read it.
+    wants_thinking: bool = False
+    # Tools the provider runs itself that the client offered (Claude's web_search server tool, Gemini's
+    # googleSearch): neutral names such as "web_search"; their definitions stay in extras.
+    builtin_tools: list[str] = field(default_factory=list)
     # Fields only the same protocol understands, keyed by protocol name:
     # forwarded only when the upstream speaks that protocol.
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)

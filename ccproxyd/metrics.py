@@ -60,6 +60,8 @@ FAMILIES = (
     Family("ccproxyd_time_to_first_byte_seconds", "histogram", "Time from request start to the first byte of a streamed response.", ("target",), _TTFB),
     Family("ccproxyd_overhead_seconds", "histogram", "Time ccproxyd added: to the first byte (streams) or the end (others), minus upstream waiting.",
            ("protocol", "upstream_protocol"), _OVERHEAD),
+    Family("ccproxyd_routed_requests_total", "counter", "Requests whose alias a routing rule chose, by group, rule number and alias.",
+           ("group", "rule", "alias")),
     Family("ccproxyd_tokens_total", "counter", "Tokens reported by upstreams.", ("target", "type")),
     Family("ccproxyd_in_flight_requests", "gauge", "Requests being handled, this scrape included."),
     Family("ccproxyd_open_streams", "gauge", "Streamed responses in progress."),
@@ -123,6 +125,8 @@ class Metrics:
         target = r.target or ""
         alias = self._alias_label(r.group, r.alias) if r.alias else ""
         self.inc("ccproxyd_requests_total", (r.protocol or r.action or "", r.group or "", alias, target, str(r.status)))
+        if r.route:
+            self.inc("ccproxyd_routed_requests_total", (r.group or "", *r.route.split(":", 1)))
         served = 0 < r.status < 400 and not r.cancelled and not r.error_kind
         if target and served:
             self.observe_value("ccproxyd_request_duration_seconds", (target, "true" if r.stream else "false"), r.duration)

@@ -41,6 +41,7 @@ class RequestRecord:
     action: str = ""
     group: str | None = None
     alias: str | None = None
+    route: str | None = None  # "number:alias" of the routing rule that picked the alias
     target: str | None = None
     compat: bool = False
     stream: bool = False
@@ -95,6 +96,8 @@ class Observer:
         )
         if r.ttfb is not None:
             line += f" ttfb={r.ttfb * 1000:.0f}ms"
+        if r.route:
+            line += f" route={r.route}"
         if r.key_name:
             line += f" key={r.key_name}"
         if r.attempts:

@@ -318,6 +318,8 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
         response.headers["x-request-id"] = record.request_id
         if record.target:
             response.headers["x-ccproxy-target"] = record.target
+        if record.route:
+            response.headers["x-ccproxy-route"] = record.route
         overhead = max(0.0, time.monotonic() - record.started - record.upstream_seconds)
         response.headers["x-ccproxy-overhead-ms"] = f"{overhead * 1000:.2f}"
     origins = request.app[STATE].config.server.cors_origins
@@ -330,7 +332,7 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
             response.headers["access-control-allow-headers"] = request.headers.get("access-control-request-headers", "*")
             response.headers["access-control-max-age"] = "600"
         else:
-            response.headers["access-control-expose-headers"] = "x-request-id, x-ccproxy-target, x-ccproxy-overhead-ms, mcp-session-id"
+            response.headers["access-control-expose-headers"] = "x-request-id, x-ccproxy-target, x-ccproxy-route, x-ccproxy-overhead-ms, mcp-session-id"
 
 
 # ---------------------------------------------------------------- the app

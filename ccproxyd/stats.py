@@ -26,8 +26,8 @@ from .service import state_dir
 log = logging.getLogger("ccproxyd.stats")
 
 DB_NAME = "stats.sqlite3"
-SCHEMA_VERSION = 1
-GROUPINGS = ("alias", "target", "key", "day")
+SCHEMA_VERSION = 2
+GROUPINGS = ("alias", "target", "key", "day", "route")
 _PRUNE_EVERY = 3600.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -53,13 +53,15 @@ CREATE TABLE IF NOT EXISTS requests (
     reasoning_tokens INTEGER,
     duration REAL NOT NULL,           -- seconds
     ttfb REAL,                        -- seconds to the first byte of a stream
-    upstream_seconds REAL NOT NULL
+    upstream_seconds REAL NOT NULL,
+    route TEXT                        -- "number:alias" of the routing rule that chose (version 2)
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
+_MIGRATIONS = {1: "ALTER TABLE requests ADD COLUMN route TEXT"}  # from version N to N + 1
 _COLUMNS = ("ts", "request_id", "key_name", "group_name", "alias", "target", "protocol", "upstream_protocol", "action", "compat",
             "stream", "status", "error_kind", "cancelled", "failovers", "input_tokens", "output_tokens", "cached_tokens",
-            "reasoning_tokens", "duration", "ttfb", "upstream_seconds")
+            "reasoning_tokens", "duration", "ttfb", "upstream_seconds", "route")
 _INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
@@ -70,7 +72,7 @@ def db_path(server: Server) -> Path:
 def row_of(r: RequestRecord) -> tuple:
     return (r.wall_time, r.request_id, r.key_name, r.group, r.alias, r.target, r.protocol, r.upstream_protocol, r.action,
             int(r.compat), int(r.stream), r.status, r.error_kind, int(r.cancelled), len(r.attempts), r.input_tokens,
-            r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.duration, r.ttfb, r.upstream_seconds)
+            r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.duration, r.ttfb, r.upstream_seconds, r.route)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -91,6 +93,9 @@ def connect(path: Path) -> sqlite3.Connection:
         if version > SCHEMA_VERSION:
             db.close()
             raise sqlite3.DatabaseError(f"{path} has schema version {version}, newer than this ccproxyd knows ({SCHEMA_VERSION})")
+        if version:  # a file an older ccproxyd wrote
+            for step in range(version, SCHEMA_VERSION):
+                db.execute(_MIGRATIONS[step])
         db.executescript(_SCHEMA)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db
@@ -203,6 +208,7 @@ _GROUP_BY = {
     "target": "COALESCE(target, '-')",
     "key": "COALESCE(key_name, '-')",
     "day": "strftime('%Y-%m-%d', ts, 'unixepoch', 'localtime')",
+    "route": "COALESCE(group_name || ' rule ' || route, '-')",
 }
 
 

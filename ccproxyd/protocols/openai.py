@@ -404,6 +404,8 @@ class OpenAIAdapter(Adapter):
             response_format=_decode_response_format(body.get("response_format")),
             reasoning=reasoning,
             parallel_tool_calls=opt(body, "parallel_tool_calls", bool),
+            wants_thinking=reasoning is not None and reasoning.enabled,
+            builtin_tools=["web_search"] if body.get("web_search_options") is not None else [],
             extras={"openai": extras},
         )
 

@@ -52,6 +52,8 @@ def decode_request(body: dict[str, Any], headers: Mapping[str, str]) -> ir.Reque
         response_format=_decode_response_format(body),
         reasoning=_decode_thinking(body, extras),
         parallel_tool_calls=parallel,
+        wants_thinking=(body.get("thinking") or {}).get("type") not in (None, "disabled"),
+        builtin_tools=[str(t.get("name") or t["type"]) for t in extras.get(SERVER_TOOLS_KEY, ())],
         extras={"claude": extras},
     )
 

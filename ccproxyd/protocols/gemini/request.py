@@ -64,6 +64,8 @@ def decode(body: dict[str, Any], model: str, count_tokens: bool = False) -> ir.R
         tool_choice=tool_choice,
     )
     _decode_generation_config(body, req, extras)
+    req.wants_thinking = req.reasoning is not None and req.reasoning.enabled
+    req.builtin_tools = [_BUILTIN_TOOLS.get(camel(k), camel(k)) for tool in extras.get("tools", ()) for k in tool]
     req.extras = {"gemini": extras}
     return req
 
@@ -179,6 +181,10 @@ def _decode_function_response(fr: dict[str, Any], at: str) -> ir.ToolResult:
         if blob is not None:
             content.append(_decode_blob(check(blob, dict, f"{at}.parts[{j}].inlineData"), f"{at}.parts[{j}].inlineData."))
     return ir.ToolResult(opt(fr, "id", str, at + ".") or "", name, content, is_error)
+
+
+# Gemini's own tools by the neutral names other protocols use for the same thing (ir.Request.builtin_tools).
+_BUILTIN_TOOLS = {"googleSearch": "web_search", "googleSearchRetrieval": "web_search", "codeExecution": "code_execution", "urlContext": "url_context"}
 
 
 def _decode_tools(body: dict[str, Any], extras: dict[str, Any]) -> tuple[list[ir.Tool], ir.ToolChoice | None]:

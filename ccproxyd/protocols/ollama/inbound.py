@@ -75,6 +75,7 @@ def decode_request(body: Any) -> ir.Request:
         stream=True if stream is None else stream,  # Ollama streams unless told not to
         response_format=_format(body.get("format")),
         reasoning=_think(body.get("think")),
+        wants_thinking=body.get("think") not in (None, False),
         extras={"ollama": extras} if extras else {},
     )
 
