@@ -19,7 +19,7 @@ PNG = base64.b64encode(
 ).decode()
 TOOL_NAMES = ["Task", "Bash", "Glob", "Grep", "Read", "Edit", "Write", "WebFetch", "WebSearch", "TodoWrite"]
 SCHEMA = {"type": "object", "properties": {"x": {"type": "string"}}, "required": ["x"]}
-MAIN_MODEL = "claude-sonnet-4-5-20250929"
+MAIN_MODEL = "claude-sonnet-4-6"
 HAIKU_MODEL = "claude-haiku-4-5-20251001"
 LONG_TEXT = "lorem ipsum dolor sit amet " * 11_000  # ~297k characters: ~74k tokens by the count_tokens estimate
 
@@ -99,7 +99,7 @@ def claude(kind: str) -> tuple[str, dict[str, Any]]:
         messages.append({"role": "assistant", "content": "a.txt and b.txt"})
     messages.append({"role": "user", "content": last})
     out: dict[str, Any] = {
-        "model": model, "max_tokens": 32000, "stream": stream, "messages": messages,
+        "model": model, "max_tokens": 32000 if stream else 4096, "stream": stream, "messages": messages,
         "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
         "metadata": {"user_id": "user_abc_account_def_session_123"},
     }
