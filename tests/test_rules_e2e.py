@@ -19,9 +19,12 @@ import orjson
 import pytest
 import tomllib
 
+from ccproxyd.config import parse_config
+from ccproxyd.rules import choose
 from tests import rule_requests as rr
 from tests.conftest import ACCESS_KEY, UPSTREAM_KEY
 from tests.emulators.base import Reply
+from tests.test_rules import decode
 from tests.test_service import wait_exit
 
 REPO = Path(__file__).resolve().parent.parent
@@ -217,11 +220,13 @@ def test_the_readme_recipe_passes_check_and_routes_as_it_says(tmp_path: Path) ->
     path = tmp_path / "ccproxy.toml"
     path.write_text(recipe)
     result = subprocess.run([sys.executable, "-m", "ccproxyd", "--config", str(path), "check"], capture_output=True, text=True,
-                            timeout=30, env={**os.environ, "ANTHROPIC_API_KEY": "sk-a", "OPENAI_API_KEY": "sk-o", "GEMINI_API_KEY": "sk-g"})
+                            timeout=30, env={**os.environ, "ANTHROPIC_API_KEY": "sk-a", "OPENAI_API_KEY": "sk-o", "GEMINI_API_KEY": "sk-g", "DEEPSEEK_API_KEY": "sk-d"})
     assert result.returncode == 0, result.stderr
     assert "rule 1: model=claude-*haiku*" in result.stdout
-    rules = tomllib.loads(recipe)["groups"]["default"]["routes"]
-    assert [r["use"] for r in rules] == ["fast", "search", "long", "vision", "deep"]
+    group = parse_config(tomllib.loads(recipe), str(path), env={"ANTHROPIC_API_KEY": "a", "GEMINI_API_KEY": "g", "DEEPSEEK_API_KEY": "d"}).groups["default"]
+    chosen = {kind: getattr(choose(group.routes, decode("claude", kind), "claude"), "use", None) for kind in rr.KINDS}
+    assert chosen == {"background": "fast", "agent": "deep", "long": "long", "image_thinking": "vision", "image": "vision",
+                      "search": "search", "thinking": "deep", "plain": None, "batch": None}
 
 
 # ---------------------------------------------------------------- Claude Code itself
