@@ -4,6 +4,7 @@ stats, /metrics); ``ccproxyd check`` on bad rules and on the README's recipe; Cl
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from tests.conftest import ACCESS_KEY, UPSTREAM_KEY
 from tests.emulators.base import Reply
 from tests.test_rules import decode
 from tests.test_service import wait_exit
+from tests.test_stats import ccproxyd
 
 REPO = Path(__file__).resolve().parent.parent
 CLAUDE_CODE_BETA = "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27"
@@ -52,10 +54,6 @@ async def routed(start_upstream, run_daemon, tmp_path):
     upstream = await start_upstream("claude")
     upstream.emulator.script(Reply(text="Done.", chunks=1))
     return upstream, run_daemon(daemon_config(upstream, tmp_path))
-
-
-def ccproxyd(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ccproxyd", *args], capture_output=True, text=True, timeout=30)
 
 
 async def sdk_call(client: anthropic.AsyncAnthropic, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[str | None, str]:
@@ -219,11 +217,12 @@ def test_the_readme_recipe_passes_check_and_routes_as_it_says(tmp_path: Path) ->
     recipe = readme_recipe()
     path = tmp_path / "ccproxy.toml"
     path.write_text(recipe)
+    keys = {"ANTHROPIC_API_KEY": "sk-a", "GEMINI_API_KEY": "sk-g", "DEEPSEEK_API_KEY": "sk-d"}
     result = subprocess.run([sys.executable, "-m", "ccproxyd", "--config", str(path), "check"], capture_output=True, text=True,
-                            timeout=30, env={**os.environ, "ANTHROPIC_API_KEY": "sk-a", "OPENAI_API_KEY": "sk-o", "GEMINI_API_KEY": "sk-g", "DEEPSEEK_API_KEY": "sk-d"})
+                            timeout=30, env={**os.environ, **keys})
     assert result.returncode == 0, result.stderr
     assert "rule 1: model=claude-*haiku*" in result.stdout
-    group = parse_config(tomllib.loads(recipe), str(path), env={"ANTHROPIC_API_KEY": "a", "GEMINI_API_KEY": "g", "DEEPSEEK_API_KEY": "d"}).groups["default"]
+    group = parse_config(tomllib.loads(recipe), str(path), env=keys).groups["default"]
     chosen = {kind: getattr(choose(group.routes, decode("claude", kind), "claude"), "use", None) for kind in rr.KINDS}
     assert chosen == {"background": "fast", "agent": "deep", "long": "long", "image_thinking": "vision", "image": "vision",
                       "search": "search", "thinking": "deep", "plain": None, "batch": None}
@@ -232,10 +231,13 @@ def test_the_readme_recipe_passes_check_and_routes_as_it_says(tmp_path: Path) ->
 # ---------------------------------------------------------------- Claude Code itself
 
 
-CLAUDE = shutil.which("claude") or os.environ.get("CCPROXY_TEST_CLAUDE")
+CLAUDE = os.environ.get("CCPROXY_TEST_CLAUDE") or shutil.which("claude")
+# (--model, the rule that must choose, the upstream model that must be asked)
+CLAUDE_CODE_RUNS = ((rr.MAIN_MODEL, "6:agent", "agent-model"), (rr.HAIKU_MODEL, "1:fast", "fast-model"))
 
 
-@pytest.mark.skipif(not CLAUDE, reason="Claude Code is not installed (npm install -g @anthropic-ai/claude-code puts `claude` on PATH)")
+@pytest.mark.skipif(not CLAUDE, reason="Claude Code is not installed: npm install -g @anthropic-ai/claude-code puts `claude` on PATH "
+                    "(or set CCPROXY_TEST_CLAUDE to its path)")
 async def test_claude_code_routed_by_rules(start_upstream, run_daemon, tmp_path) -> None:
     upstream = await start_upstream("claude")
     upstream.emulator.script(Reply(text="Done.", chunks=1))
@@ -246,26 +248,26 @@ async def test_claude_code_routed_by_rules(start_upstream, run_daemon, tmp_path)
         "PATH": os.environ.get("PATH", ""), "HOME": str(home), "ANTHROPIC_BASE_URL": daemon.url, "ANTHROPIC_API_KEY": ACCESS_KEY,
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
     }
-    proc = await asyncio_subprocess([CLAUDE, "-p", "say done", "--model", rr.MAIN_MODEL], env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "Done." in proc.stdout
-    models = [(r.body.get("model"), r.body.get("thinking")) for r in upstream.emulator.received if r.path == "/v1/messages"]
-    assert models, "Claude Code sent no message to the upstream"
+    for model, _, upstream_model in CLAUDE_CODE_RUNS:
+        before = len(upstream.emulator.received)
+        proc = await asyncio_subprocess([CLAUDE, "-p", "say done", "--model", model], env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "Done." in proc.stdout
+        sent = [r.body for r in upstream.emulator.received[before:] if r.path == "/v1/messages"]
+        assert sent and all(body["model"] == upstream_model for body in sent), [body["model"] for body in sent]
+        if model == rr.MAIN_MODEL:  # the agent loop: thinking on, WebSearch among its tools
+            assert sent[-1]["thinking"]["type"] in ("adaptive", "enabled")
+            assert "WebSearch" in [t.get("name") for t in sent[-1]["tools"]]
     daemon.proc.send_signal(signal.SIGTERM)
     assert await wait_exit(daemon.proc) == 0
     log = [line for line in daemon.proc.stderr.read().splitlines() if " chat " in line]
-    for line in log:  # every Haiku-named call went to the fast alias; every other one by what it needed
-        if "haiku" in line.split("alias=", 1)[1].split()[0]:
-            assert " route=1:fast" in line and "target=up/fast-model" in line, line
-    main = [line for line in log if f"alias={rr.MAIN_MODEL} " in line]
-    assert main, log
-    assert all(" route=" in line for line in main if "thinking" in line) or main
+    for model, route, _ in CLAUDE_CODE_RUNS:
+        lines = [line for line in log if f"alias={model} " in line]
+        assert lines and all(f" route={route} " in line for line in lines), log
 
 
 async def asyncio_subprocess(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     """Run without blocking the loop that serves the emulator."""
-    import asyncio
-
     proc = await asyncio.create_subprocess_exec(*args, env=env, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
