@@ -100,6 +100,9 @@ def scenarios(chunks: int) -> list[Scenario]:
                  "bench-openai", True, last, litellm=True, passthrough=True),
         Scenario("claude-gemini-stream", f"Claude→Gemini stream ×{chunks}", "claude", "gemini", "/v1/messages",
                  "bench-gemini", True, last, tuple(CLAUDE_HEADERS.items())),
+        # the Claude→OpenAI request again, in a group whose routing rules are all tried and none matches
+        Scenario("claude-openai-routed", "Claude→OpenAI non-stream, 5 routes", "claude", "openai", "/routed/v1/messages", "bench-openai",
+                 False, NON_STREAM_MARK, tuple(CLAUDE_HEADERS.items())),
         Scenario("compat-stream", f"compat mode stream ×{chunks}", "openai", "openai", "/compat_mode/v1/chat/completions",
                  "bench-compat", True, b"get_weather", compat=True),
     ]
@@ -128,8 +131,19 @@ def ccproxyd_config(port: int, upstream_url: str, state_dir: str, workers: int =
             "emu_gemini": {"protocol": "gemini", "base_url": upstream_url, "api_keys": ["sk-bench-upstream"]},
             "emu_ollama": {"protocol": "ollama", "base_url": upstream_url},
         },
-        "groups": {"default": {"models": models}},
+        "groups": {"default": {"models": models}, "routed": {"models": models, "routes": BENCH_ROUTES}},
     }
+
+
+# Claude Code's usual rules (README: "Claude Code: one model per task"), none of which the bench request meets,
+# the token estimate included: the cost of routing when every rule must be tried.
+BENCH_ROUTES = [
+    {"when": {"model": "claude-*haiku*"}, "use": "bench-gemini"},
+    {"when": {"tools_include": "web_search*"}, "use": "bench-gemini"},
+    {"when": {"images": True}, "use": "bench-gemini"},
+    {"when": {"thinking": True}, "use": "bench-gemini"},
+    {"when": {"context_tokens_over": 60000}, "use": "bench-gemini"},
+]
 
 
 def litellm_config(upstream_url: str) -> str:
