@@ -213,3 +213,28 @@ def test_check_names_every_malformed_rule(rule: dict[str, Any], message: str) ->
 
 def test_routes_must_be_an_array_of_tables() -> None:
     assert errors({"when": {}, "use": "fast"}) == ["ccproxy.toml: groups.default.routes: expected an array of tables ([[groups.NAME.routes]])"]  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- stats
+
+
+def test_a_stats_file_from_before_routes_gains_the_route_column(tmp_path: Any) -> None:
+    import sqlite3
+
+    from ccproxyd import stats
+    from ccproxyd.observe import RequestRecord
+
+    path = tmp_path / stats.DB_NAME
+    old = sqlite3.connect(path)
+    old.executescript(stats._SCHEMA)
+    old.execute("ALTER TABLE requests DROP COLUMN route")  # the table as version 1 wrote it
+    old.execute("PRAGMA user_version=1")
+    old.execute("INSERT INTO requests (ts, request_id, action, compat, stream, status, cancelled, failovers, duration, upstream_seconds) "
+                "VALUES (1e9, 'old', 'chat', 0, 0, 200, 0, 0, 0.1, 0.1)")
+    old.commit()
+    old.close()
+    db = stats.connect(path)
+    db.execute(stats._INSERT, stats.row_of(RequestRecord("new", group="default", alias="claude-haiku-4-5", route="1:fast", action="chat", status=200)))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == stats.SCHEMA_VERSION
+    db.close()
+    assert {r["route"]: r["requests"] for r in stats.summarize(path, None, "route")} == {"-": 1, "default rule 1:fast": 1}
