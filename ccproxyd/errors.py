@@ -46,6 +46,7 @@ def kind_for_status(status: int) -> str:
 class ProxyError(Exception):
     status = 500
     kind = "api_error"
+    retry_after: float | None = None  # seconds; sent as Retry-After with a 429 or 503
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

@@ -51,6 +51,7 @@ class RequestRecord:
     output_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    usage_estimated: bool = False  # the upstream sent no usage: the token counts are ccproxyd's estimate
     upstream_seconds: float = 0.0  # time spent waiting on the upstream
     ttfb: float | None = None  # seconds to the first byte sent to the client
     duration: float = 0.0
@@ -93,6 +94,8 @@ class Observer:
             f"target={r.target or '-'} status={r.status} {'stream' if r.stream else 'json'}"
             f"{' compat' if r.compat else ''} dur={r.duration * 1000:.0f}ms up={r.upstream_seconds * 1000:.0f}ms tokens={tokens}"
         )
+        if r.usage_estimated:
+            line += " usage=estimated"
         if r.ttfb is not None:
             line += f" ttfb={r.ttfb * 1000:.0f}ms"
         if r.key_name:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -26,7 +27,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from . import __version__
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
-from .dispatch import Dispatcher
+from .dispatch import CLIENT_HEADERS, Dispatcher
 from .errors import AuthError, NotFound, ProxyError, RateLimited
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream, redact_secrets
@@ -113,9 +114,12 @@ def _error_response(protocol: str | None, err: ProxyError, config: Config) -> we
         err.status = 502
     adapter = ADAPTERS.get(protocol or "openai") or ADAPTERS["openai"]
     status, body = adapter.encode_error(err)
+    headers = {}
+    if status in (429, 503, 529):  # tell SDKs when to come back, rather than let them guess
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after or 1)))
     if isinstance(body, str):
-        return web.Response(status=status, text=body)
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+        return web.Response(status=status, text=body, headers=headers)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
 @web.middleware
@@ -130,10 +134,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         try:
             route = parse_path(request.method, request.path, dict(request.query), client_hint(request.headers))
         except MethodNotAllowed as e:
-            protocol = e.protocol
+            protocol = record.protocol = e.protocol
+            record.action = "method_not_allowed"
             raise MethodNotAllowedError(f"{request.method} is not allowed on {request.path}") from None
         except PathNotFound as e:
-            protocol = e.protocol
+            protocol = record.protocol = e.protocol
+            record.action = "unknown_path"
             raise NotFound(f"no such endpoint: {request.method} {request.path}") from None
         if route.protocol is not None and route.protocol not in ADAPTERS:
             raise NotFound(f"the {route.protocol} protocol is not served by this build")
@@ -190,12 +196,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if route.action == "metrics" and config.server.metrics_public:
         return await handler(request)
     remote = request.remote or ""
-    if route.protocol in config.server.keyless_loopback and is_loopback(remote):
-        return await handler(request)
+    presented = _presented_key(request)
+    if not presented and route.protocol in config.server.keyless_loopback and is_loopback(remote):
+        return await handler(request)  # no key is fine there; a wrong one is not
     per_minute = config.server.auth_failures_per_minute
     if _auth_blocked(state, remote, per_minute):  # before comparing: a blocked address learns nothing
-        raise RateLimited("too many failed authentication attempts from this address; wait a minute")
-    presented = _presented_key(request)
+        blocked = RateLimited("too many failed authentication attempts from this address; wait a minute")
+        blocked.retry_after = _auth_unblocked_in(state, remote)
+        raise blocked
     key = find_key(config.keys, presented) if presented else None
     if key is None:
         if presented:  # a wrong key is a guess; a missing one is not, and must not lock the address out
@@ -215,6 +223,12 @@ def _auth_blocked(state: AppState, remote: str, per_minute: int) -> bool:
     while failures and now - failures[0] > 60:
         failures.popleft()
     return len(failures) >= per_minute
+
+
+def _auth_unblocked_in(state: AppState, remote: str) -> float:
+    """Seconds until the oldest failure of ``remote`` leaves the one-minute window."""
+    failures = state.auth_failures.get(remote)
+    return max(1.0, 60 - (time.monotonic() - failures[0])) if failures else 60.0
 
 
 def _note_auth_failure(state: AppState, remote: str, per_minute: int) -> None:
@@ -320,6 +334,7 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
             response.headers["x-ccproxy-target"] = record.target
         overhead = max(0.0, time.monotonic() - record.started - record.upstream_seconds)
         response.headers["x-ccproxy-overhead-ms"] = f"{overhead * 1000:.2f}"
+    response.headers.update(request.get(CLIENT_HEADERS) or {})
     origins = request.app[STATE].config.server.cors_origins
     origin = request.headers.get("origin")
     if origins and origin and (origin in origins or "*" in origins):

@@ -26,7 +26,7 @@ from .service import state_dir
 log = logging.getLogger("ccproxyd.stats")
 
 DB_NAME = "stats.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: usage_estimated
 GROUPINGS = ("alias", "target", "key", "day")
 _PRUNE_EVERY = 3600.0
 _SCHEMA = """
@@ -53,13 +53,14 @@ CREATE TABLE IF NOT EXISTS requests (
     reasoning_tokens INTEGER,
     duration REAL NOT NULL,           -- seconds
     ttfb REAL,                        -- seconds to the first byte of a stream
-    upstream_seconds REAL NOT NULL
+    upstream_seconds REAL NOT NULL,
+    usage_estimated INTEGER NOT NULL DEFAULT 0  -- the upstream sent no usage: the tokens are ccproxyd's estimate
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
 _COLUMNS = ("ts", "request_id", "key_name", "group_name", "alias", "target", "protocol", "upstream_protocol", "action", "compat",
             "stream", "status", "error_kind", "cancelled", "failovers", "input_tokens", "output_tokens", "cached_tokens",
-            "reasoning_tokens", "duration", "ttfb", "upstream_seconds")
+            "reasoning_tokens", "duration", "ttfb", "upstream_seconds", "usage_estimated")
 _INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
@@ -70,7 +71,7 @@ def db_path(server: Server) -> Path:
 def row_of(r: RequestRecord) -> tuple:
     return (r.wall_time, r.request_id, r.key_name, r.group, r.alias, r.target, r.protocol, r.upstream_protocol, r.action,
             int(r.compat), int(r.stream), r.status, r.error_kind, int(r.cancelled), len(r.attempts), r.input_tokens,
-            r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.duration, r.ttfb, r.upstream_seconds)
+            r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.duration, r.ttfb, r.upstream_seconds, int(r.usage_estimated))
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -92,6 +93,8 @@ def connect(path: Path) -> sqlite3.Connection:
             db.close()
             raise sqlite3.DatabaseError(f"{path} has schema version {version}, newer than this ccproxyd knows ({SCHEMA_VERSION})")
         db.executescript(_SCHEMA)
+        if "usage_estimated" not in {row[1] for row in db.execute("PRAGMA table_info(requests)")}:  # a version 1 file
+            db.execute("ALTER TABLE requests ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db
     finally:
