@@ -39,6 +39,7 @@ class RequestRecord:
     protocol: str | None = None  # the client's
     upstream_protocol: str | None = None
     action: str = ""
+    path: str | None = None  # only for a request refused before routing (unknown_path, method_not_allowed)
     group: str | None = None
     alias: str | None = None
     target: str | None = None
@@ -96,6 +97,8 @@ class Observer:
         )
         if r.usage_estimated:
             line += " usage=estimated"
+        if r.path:
+            line += f" path={r.path}"
         if r.ttfb is not None:
             line += f" ttfb={r.ttfb * 1000:.0f}ms"
         if r.key_name:

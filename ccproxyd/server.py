@@ -19,6 +19,7 @@ import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -122,6 +123,13 @@ def _error_response(protocol: str | None, err: ProxyError, config: Config) -> we
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
+def _refused_before_routing(record: RequestRecord, e: PathNotFound, action: str, path: str) -> str | None:
+    """Give a request no route matched an action and its (escaped) path, so it is logged and counted too."""
+    record.protocol, record.action = e.protocol, action
+    record.path = quote(path[:200], safe="/:@!$&'()*+,;=-._~%")
+    return e.protocol
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
@@ -134,12 +142,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         try:
             route = parse_path(request.method, request.path, dict(request.query), client_hint(request.headers))
         except MethodNotAllowed as e:
-            protocol = record.protocol = e.protocol
-            record.action = "method_not_allowed"
+            protocol = _refused_before_routing(record, e, "method_not_allowed", request.path)
             raise MethodNotAllowedError(f"{request.method} is not allowed on {request.path}") from None
         except PathNotFound as e:
-            protocol = record.protocol = e.protocol
-            record.action = "unknown_path"
+            protocol = _refused_before_routing(record, e, "unknown_path", request.path)
             raise NotFound(f"no such endpoint: {request.method} {request.path}") from None
         if route.protocol is not None and route.protocol not in ADAPTERS:
             raise NotFound(f"the {route.protocol} protocol is not served by this build")
