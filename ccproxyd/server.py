@@ -207,9 +207,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)  # no key is fine there; a wrong one is not
     per_minute = config.server.auth_failures_per_minute
     if _auth_blocked(state, remote, per_minute):  # before comparing: a blocked address learns nothing
-        blocked = RateLimited("too many failed authentication attempts from this address; wait a minute")
-        blocked.retry_after = _auth_unblocked_in(state, remote)
-        raise blocked
+        raise _locked_out(state, remote)
     key = find_key(config.keys, presented) if presented else None
     if key is None:
         if presented:  # a wrong key is a guess; a missing one is not, and must not lock the address out
@@ -231,10 +229,12 @@ def _auth_blocked(state: AppState, remote: str, per_minute: int) -> bool:
     return len(failures) >= per_minute
 
 
-def _auth_unblocked_in(state: AppState, remote: str) -> float:
-    """Seconds until the oldest failure of ``remote`` leaves the one-minute window."""
+def _locked_out(state: AppState, remote: str) -> RateLimited:
+    """The 429 for a blocked address; Retry-After: when its oldest failure leaves the one-minute window."""
+    error = RateLimited("too many failed authentication attempts from this address; wait a minute")
     failures = state.auth_failures.get(remote)
-    return max(1.0, 60 - (time.monotonic() - failures[0])) if failures else 60.0
+    error.retry_after = max(1.0, 60 - (time.monotonic() - failures[0])) if failures else 60.0
+    return error
 
 
 def _note_auth_failure(state: AppState, remote: str, per_minute: int) -> None:
@@ -314,7 +314,7 @@ def _health(request: web.Request, state: AppState) -> web.Response:
         if state.config.keys:
             remote, per_minute = request.remote or "", state.config.server.auth_failures_per_minute
             if _auth_blocked(state, remote, per_minute):
-                raise RateLimited("too many failed authentication attempts from this address; wait a minute")
+                raise _locked_out(state, remote)
             if not (presented and find_key(state.config.keys, presented)):
                 if presented:
                     _note_auth_failure(state, remote, per_minute)
@@ -351,7 +351,7 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
             response.headers["access-control-allow-headers"] = request.headers.get("access-control-request-headers", "*")
             response.headers["access-control-max-age"] = "600"
         else:
-            response.headers["access-control-expose-headers"] = "x-request-id, x-ccproxy-target, x-ccproxy-overhead-ms, mcp-session-id"
+            response.headers["access-control-expose-headers"] = "x-request-id, x-ccproxy-target, x-ccproxy-overhead-ms, mcp-session-id, x-ccproxy-usage, retry-after"
 
 
 # ---------------------------------------------------------------- the app
