@@ -290,7 +290,7 @@ class Dispatcher:
         elif attempts.skipped:
             summary += f"; {attempts.skipped} target(s) skipped as cooling down"
         last.message = f"{last.message} (ccproxyd: {summary})"
-        if last.retry_after is None:
+        if last.retry_after is None and last.status in (429, 503, 529):  # the statuses that get a Retry-After
             wait = attempts.retry_in()
             last.retry_after = max(1.0, wait) if wait is not None else 1.0
         return last

@@ -79,7 +79,7 @@ class RateLimited(ProxyError):
 
 
 class Unavailable(ProxyError):
-    """No target could be tried (all cooling down) or every attempt failed."""
+    """Nothing could be tried (an alias without targets); upstream 503s are UpstreamErrors."""
 
     status, kind = 503, "unavailable"
 
