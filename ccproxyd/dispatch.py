@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
@@ -28,7 +27,6 @@ from .errors import (
     ClientError,
     Forbidden,
     ProxyError,
-    RateLimited,
     TooLarge,
     Unavailable,
     UpstreamError,
@@ -42,7 +40,8 @@ from .protocols.base import Adapter, ModelInfo, UpstreamTarget
 from .routing import Attempt, AttemptPlan, Router, is_retryable, resolve_alias, resolve_group
 from .shaping import finish_call, shape_request, use_compat
 from .streams import FrameTooLarge
-from .upstream import UpstreamClient, parse_retry_after
+from .upstream import UpstreamClient, limit_headers, parse_retry_after
+from .usage import ESTIMATED_HEADERS, fill_missing_usage
 
 log = logging.getLogger("ccproxyd.dispatch")
 
@@ -50,6 +49,8 @@ _MAX_RESPONSE = 64 * 1024 * 1024
 _BODY_LOG_LIMIT = 1024 * 1024  # bytes of one streamed answer kept in the body log
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ALIAS_HEADER = "x-ccproxy-alias"  # names the alias itself, bypassing the group's routing rules
+# Headers for whatever response the client gets (success, stream or error): the upstream's rate-limit headers, x-ccproxy-usage.
+CLIENT_HEADERS = web.RequestKey("ccproxyd_client_headers", dict)
 
 
 async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) -> dict[str, Any]:
@@ -144,6 +145,7 @@ class Dispatcher:
             try:
                 try:
                     events = await self._open_events(request, config, client_req, plan, attempt, outbound, compat, record, release)
+                    events = fill_missing_usage(events, client_req, lambda: _mark_estimated(request, record))
                     if client_req.stream:
                         first = await self._first_events(events, record)
                     else:
@@ -158,6 +160,8 @@ class Dispatcher:
                     continue
                 self.router.succeeded(attempt)
                 if client_req.stream:
+                    if not outbound.streams_usage(attempt.provider):  # known before the headers go: say so
+                        request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
                     events = self._cool_on_error(events, attempt, config.server.cooldown_max)
                     return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies)
                 record.status = 200
@@ -168,7 +172,7 @@ class Dispatcher:
             finally:
                 for resp in release:
                     resp.close()
-        raise self._exhausted(plan, failures)
+        raise self._exhausted(plan, failures, record.attempts)
 
     async def _open_events(
         self, request: web.Request, config: Config, client_req: ir.Request, plan: Plan, attempt: Attempt,
@@ -186,9 +190,11 @@ class Dispatcher:
         call = outbound.encode_request(shaped, target)
         finish_call(call, attempt.provider, request.headers, record.request_id)
         started = time.monotonic()
+        request[CLIENT_HEADERS] = {}  # nothing of an earlier attempt's answer
         try:
             resp = await self.upstream.open(call, attempt.provider)
             release.append(resp)
+            request[CLIENT_HEADERS] = limit_headers(resp.headers)
             if resp.status >= 400:
                 error = outbound.decode_error(resp.status, await self.upstream.read_error(resp))
                 error.message = redact_secrets(error.message, config)  # before any log line or client sees it
@@ -282,30 +288,23 @@ class Dispatcher:
             yield event
 
     @staticmethod
-    def _exhausted(plan: Plan, failures: list[ProxyError]) -> ProxyError:
-        """503 when no target answered; 429 when every failure was a rate limit; a lone 502/504 keeps its status."""
+    def _exhausted(plan: Plan, failures: list[ProxyError], tried: list[str]) -> ProxyError:
+        """The last failure as the client's answer: its status and message stand (the upstream
+        decides), with what was tried added; Retry-After is the upstream's, else the soonest cooldown's end."""
         attempts = plan.attempts
-        cooling = attempts.skipped
-        rate_limited = bool(failures or attempts.cooling) and all(c.reason == "rate_limit" for c in attempts.cooling) and all(
-            isinstance(f, UpstreamError) and f.status == 429 for f in failures
-        )
-        if not failures:
-            wait = attempts.retry_in()
-            detail = f"all {cooling} target(s) of {plan.alias!r} are cooling down after recent failures, none tried"
-            detail += f"; retry in {math.ceil(wait)}s" if wait is not None else ""
-            return RateLimited(f"{detail} (rate limited)") if rate_limited else Unavailable(detail)
+        if not failures:  # only when the alias has no target at all
+            return Unavailable(f"no target of {plan.alias!r} could be tried")
         last = failures[-1]
-        detail = f"every target of {plan.alias!r} failed: {len(failures)} tried"
-        if cooling:
-            detail += f", {cooling} skipped as cooling down"
-        detail += f"; last error: {last.message}"
-        if rate_limited:
-            return RateLimited(detail)
-        if all(isinstance(f, UpstreamTimeout) for f in failures):
-            return UpstreamTimeout(detail)
-        if len(failures) == 1 and not cooling and isinstance(last, BadGateway):
-            return BadGateway(detail)
-        return Unavailable(detail)
+        summary = f"every attempt for {plan.alias!r} failed: {', '.join(tried)}"
+        if attempts.forced is not None:
+            summary += f"; every target was cooling down, so only {attempts.forced.label} (free again first) was tried"
+        elif attempts.skipped:
+            summary += f"; {attempts.skipped} target(s) skipped as cooling down"
+        last.message = f"{last.message} (ccproxyd: {summary})"
+        if last.retry_after is None and last.status in (429, 503, 529):  # the statuses that get a Retry-After
+            wait = attempts.retry_in()
+            last.retry_after = max(1.0, wait) if wait is not None else 1.0
+        return last
 
     # ------------------------------------------------------------ the other endpoints
 
@@ -419,6 +418,11 @@ async def _raise_errors(events: AsyncIterator[ir.Event]) -> AsyncIterator[ir.Eve
         if isinstance(event, ir.StreamError):
             raise _stream_error(event)
         yield event
+
+
+def _mark_estimated(request: web.Request, record: RequestRecord) -> None:
+    record.usage_estimated = True
+    request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
 
 
 def _count(record: RequestRecord, event: ir.Event) -> None:

@@ -46,6 +46,7 @@ def kind_for_status(status: int) -> str:
 class ProxyError(Exception):
     status = 500
     kind = "api_error"
+    retry_after: float | None = None  # seconds; sent as Retry-After with a 429 or 503
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -78,7 +79,7 @@ class RateLimited(ProxyError):
 
 
 class Unavailable(ProxyError):
-    """No target could be tried (all cooling down) or every attempt failed."""
+    """Nothing could be tried (an alias without targets); upstream 503s are UpstreamErrors."""
 
     status, kind = 503, "unavailable"
 

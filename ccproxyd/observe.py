@@ -39,6 +39,7 @@ class RequestRecord:
     protocol: str | None = None  # the client's
     upstream_protocol: str | None = None
     action: str = ""
+    path: str | None = None  # only for a request refused before routing (unknown_path, method_not_allowed)
     group: str | None = None
     alias: str | None = None
     route: str | None = None  # "number:alias" of the routing rule that picked the alias
@@ -52,6 +53,7 @@ class RequestRecord:
     output_tokens: int | None = None
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    usage_estimated: bool = False  # the upstream sent no usage: the token counts are ccproxyd's estimate
     upstream_seconds: float = 0.0  # time spent waiting on the upstream
     ttfb: float | None = None  # seconds to the first byte sent to the client
     duration: float = 0.0
@@ -94,6 +96,10 @@ class Observer:
             f"target={r.target or '-'} status={r.status} {'stream' if r.stream else 'json'}"
             f"{' compat' if r.compat else ''} dur={r.duration * 1000:.0f}ms up={r.upstream_seconds * 1000:.0f}ms tokens={tokens}"
         )
+        if r.usage_estimated:
+            line += " usage=estimated"
+        if r.path:
+            line += f" path={r.path}"
         if r.ttfb is not None:
             line += f" ttfb={r.ttfb * 1000:.0f}ms"
         if r.route:

@@ -107,10 +107,14 @@ class AttemptPlan:
         self.tried = 0
         self.skipped = 0  # targets passed over because all their keys were cooling
         self.cooling: list[Cooldown] = []  # what kept the skipped targets out
+        self.forced: Attempt | None = None  # the one attempt made although every deployment was cooling
         self._key_order: dict[str, list[int]] = {}
 
     def __iter__(self) -> Iterator[Attempt]:
+        """Cooling deployments are skipped while another is usable; when every one is cooling, the one
+        whose cooldown ends first still gets one attempt: only the upstream decides to refuse."""
         used: set[tuple[str, int, str]] = set()
+        soonest: tuple[float, Attempt] | None = None
         for first_pass in (True, False):
             for target in self.targets:
                 provider = self.providers[target.provider]
@@ -123,6 +127,8 @@ class AttemptPlan:
                     cooling = self.router.cooldown(provider.name, key, target.model)
                     if cooling:
                         blocked.append(cooling)
+                        if soonest is None or cooling.until < soonest[0]:
+                            soonest = (cooling.until, Attempt(provider, target, key, index))
                         continue
                     used.add((provider.name, index, target.model))
                     found = True
@@ -135,6 +141,9 @@ class AttemptPlan:
                 if first_pass and not found and blocked:
                     self.skipped += 1
                     self.cooling.extend(blocked)
+        if self.tried == 0 and soonest is not None:
+            self.tried, self.forced = 1, soonest[1]
+            yield soonest[1]
 
     def _keys(self, provider: Provider) -> list[int]:
         """Key indexes in rotation order, fixed for this request when the provider is first needed."""
@@ -147,10 +156,16 @@ class AttemptPlan:
         return order
 
     def retry_in(self) -> float | None:
-        """Seconds until the first skipped target stops cooling."""
-        if not self.cooling:
-            return None
-        return max(0.0, min(c.until for c in self.cooling) - self.router.clock())
+        """Seconds until the first of the alias's cooling deployments is free again; None when none is cooling."""
+        ends = []
+        for target in self.targets:
+            provider = self.providers[target.provider]
+            for index in range(max(1, len(provider.api_keys))):
+                key = provider.api_keys[index] if provider.api_keys else None
+                cooling = self.router.cooldown(provider.name, key, target.model)
+                if cooling:
+                    ends.append(cooling.until)
+        return max(0.0, min(ends) - self.router.clock()) if ends else None
 
 
 class Router:
@@ -187,16 +202,19 @@ class Router:
         return turn % n
 
     def cooldown(self, provider: str, key: str | None, model: str) -> Cooldown | None:
-        """What keeps this deployment out right now: its provider, its key or itself cooling; None when usable."""
+        """What keeps this deployment out right now (its provider, its key or itself cooling, the one
+        lasting longest when several do); None when usable."""
         now = self.clock()
+        found = None
         for scope in (("p", provider), ("k", provider, key), ("m", provider, key, model)):
             cooling = self._cooldowns.get(scope)
             if cooling is None:
                 continue
-            if cooling.until > now:
-                return cooling
-            del self._cooldowns[scope]
-        return None
+            if cooling.until <= now:
+                del self._cooldowns[scope]
+            elif found is None or cooling.until > found.until:
+                found = cooling
+        return found
 
     # ------------------------------------------------------------ outcomes
 

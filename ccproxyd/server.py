@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -18,6 +19,7 @@ import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -26,7 +28,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from . import __version__
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
-from .dispatch import Dispatcher
+from .dispatch import CLIENT_HEADERS, Dispatcher
 from .errors import AuthError, NotFound, ProxyError, RateLimited
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream, redact_secrets
@@ -113,9 +115,19 @@ def _error_response(protocol: str | None, err: ProxyError, config: Config) -> we
         err.status = 502
     adapter = ADAPTERS.get(protocol or "openai") or ADAPTERS["openai"]
     status, body = adapter.encode_error(err)
+    headers = {}
+    if status in (429, 503, 529):  # tell SDKs when to come back, rather than let them guess
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after or 1)))
     if isinstance(body, str):
-        return web.Response(status=status, text=body)
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+        return web.Response(status=status, text=body, headers=headers)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _refused_before_routing(record: RequestRecord, e: PathNotFound, action: str, path: str) -> str | None:
+    """Give a request no route matched an action and its (escaped) path, so it is logged and counted too."""
+    record.protocol, record.action = e.protocol, action
+    record.path = quote(path[:200], safe="/:@!$&'()*+,;=-._~%")
+    return e.protocol
 
 
 @web.middleware
@@ -130,10 +142,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         try:
             route = parse_path(request.method, request.path, dict(request.query), client_hint(request.headers))
         except MethodNotAllowed as e:
-            protocol = e.protocol
+            protocol = _refused_before_routing(record, e, "method_not_allowed", request.path)
             raise MethodNotAllowedError(f"{request.method} is not allowed on {request.path}") from None
         except PathNotFound as e:
-            protocol = e.protocol
+            protocol = _refused_before_routing(record, e, "unknown_path", request.path)
             raise NotFound(f"no such endpoint: {request.method} {request.path}") from None
         if route.protocol is not None and route.protocol not in ADAPTERS:
             raise NotFound(f"the {route.protocol} protocol is not served by this build")
@@ -190,12 +202,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if route.action == "metrics" and config.server.metrics_public:
         return await handler(request)
     remote = request.remote or ""
-    if route.protocol in config.server.keyless_loopback and is_loopback(remote):
-        return await handler(request)
+    presented = _presented_key(request)
+    if not presented and route.protocol in config.server.keyless_loopback and is_loopback(remote):
+        return await handler(request)  # no key is fine there; a wrong one is not
     per_minute = config.server.auth_failures_per_minute
     if _auth_blocked(state, remote, per_minute):  # before comparing: a blocked address learns nothing
-        raise RateLimited("too many failed authentication attempts from this address; wait a minute")
-    presented = _presented_key(request)
+        raise _locked_out(state, remote)
     key = find_key(config.keys, presented) if presented else None
     if key is None:
         if presented:  # a wrong key is a guess; a missing one is not, and must not lock the address out
@@ -215,6 +227,14 @@ def _auth_blocked(state: AppState, remote: str, per_minute: int) -> bool:
     while failures and now - failures[0] > 60:
         failures.popleft()
     return len(failures) >= per_minute
+
+
+def _locked_out(state: AppState, remote: str) -> RateLimited:
+    """The 429 for a blocked address; Retry-After: when its oldest failure leaves the one-minute window."""
+    error = RateLimited("too many failed authentication attempts from this address; wait a minute")
+    failures = state.auth_failures.get(remote)
+    error.retry_after = max(1.0, 60 - (time.monotonic() - failures[0])) if failures else 60.0
+    return error
 
 
 def _note_auth_failure(state: AppState, remote: str, per_minute: int) -> None:
@@ -294,7 +314,7 @@ def _health(request: web.Request, state: AppState) -> web.Response:
         if state.config.keys:
             remote, per_minute = request.remote or "", state.config.server.auth_failures_per_minute
             if _auth_blocked(state, remote, per_minute):
-                raise RateLimited("too many failed authentication attempts from this address; wait a minute")
+                raise _locked_out(state, remote)
             if not (presented and find_key(state.config.keys, presented)):
                 if presented:
                     _note_auth_failure(state, remote, per_minute)
@@ -322,6 +342,7 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
             response.headers["x-ccproxy-route"] = record.route
         overhead = max(0.0, time.monotonic() - record.started - record.upstream_seconds)
         response.headers["x-ccproxy-overhead-ms"] = f"{overhead * 1000:.2f}"
+    response.headers.update(request.get(CLIENT_HEADERS) or {})
     origins = request.app[STATE].config.server.cors_origins
     origin = request.headers.get("origin")
     if origins and origin and (origin in origins or "*" in origins):
@@ -332,7 +353,8 @@ async def _on_prepare(request: web.Request, response: web.StreamResponse) -> Non
             response.headers["access-control-allow-headers"] = request.headers.get("access-control-request-headers", "*")
             response.headers["access-control-max-age"] = "600"
         else:
-            response.headers["access-control-expose-headers"] = "x-request-id, x-ccproxy-target, x-ccproxy-route, x-ccproxy-overhead-ms, mcp-session-id"
+            response.headers["access-control-expose-headers"] = ("x-request-id, x-ccproxy-target, x-ccproxy-route, x-ccproxy-overhead-ms, "
+                                                                 "mcp-session-id, x-ccproxy-usage, retry-after")
 
 
 # ---------------------------------------------------------------- the app

@@ -26,7 +26,7 @@ from .service import state_dir
 log = logging.getLogger("ccproxyd.stats")
 
 DB_NAME = "stats.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 2: route, 3: usage_estimated
 GROUPINGS = ("alias", "target", "key", "day", "route")
 _PRUNE_EVERY = 3600.0
 _SCHEMA = """
@@ -54,14 +54,18 @@ CREATE TABLE IF NOT EXISTS requests (
     duration REAL NOT NULL,           -- seconds
     ttfb REAL,                        -- seconds to the first byte of a stream
     upstream_seconds REAL NOT NULL,
-    route TEXT                        -- "number:alias" of the routing rule that chose (version 2)
+    route TEXT,                       -- "number:alias" of the routing rule that chose (version 2)
+    usage_estimated INTEGER NOT NULL DEFAULT 0  -- the upstream sent no usage: the tokens are ccproxyd's estimate (version 3)
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
-_MIGRATIONS = {1: "ALTER TABLE requests ADD COLUMN route TEXT"}  # from version N to N + 1
+_MIGRATIONS = {  # from version N to N + 1
+    1: "ALTER TABLE requests ADD COLUMN route TEXT",
+    2: "ALTER TABLE requests ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0",
+}
 _COLUMNS = ("ts", "request_id", "key_name", "group_name", "alias", "target", "protocol", "upstream_protocol", "action", "compat",
             "stream", "status", "error_kind", "cancelled", "failovers", "input_tokens", "output_tokens", "cached_tokens",
-            "reasoning_tokens", "duration", "ttfb", "upstream_seconds", "route")
+            "reasoning_tokens", "duration", "ttfb", "upstream_seconds", "route", "usage_estimated")
 _INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
@@ -72,7 +76,8 @@ def db_path(server: Server) -> Path:
 def row_of(r: RequestRecord) -> tuple:
     return (r.wall_time, r.request_id, r.key_name, r.group, r.alias, r.target, r.protocol, r.upstream_protocol, r.action,
             int(r.compat), int(r.stream), r.status, r.error_kind, int(r.cancelled), len(r.attempts), r.input_tokens,
-            r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.duration, r.ttfb, r.upstream_seconds, r.route)
+            r.output_tokens, r.cached_tokens, r.reasoning_tokens, r.duration, r.ttfb, r.upstream_seconds, r.route,
+            int(r.usage_estimated))
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -153,6 +153,17 @@ async def _body_chunks(
         response.release() if response.content.at_eof() else response.close()
 
 
+_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+
+
+def limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The upstream's rate-limit and retry headers, passed on to the client under the same names."""
+    return {
+        name.lower(): value for name, value in headers.items()
+        if name.lower() in ("retry-after", "retry-after-ms") or name.lower().startswith(_LIMIT_PREFIXES)
+    }
+
+
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds an upstream asked us to wait: ``retry-after-ms``, or ``Retry-After`` as seconds or an HTTP date."""
     ms = _number(headers.get("retry-after-ms"))

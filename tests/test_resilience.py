@@ -155,7 +155,7 @@ async def test_client_errors_are_returned_not_retried(start_faulty, connect):
     assert second.received == [] and proxy.state.router.snapshot() == []
 
 
-async def test_every_target_failing_gives_503_naming_the_alias_and_the_count(start_faulty, connect):
+async def test_every_target_failing_gives_the_last_status_naming_the_alias_and_the_attempts(start_faulty, connect):
     emulators = [await start_faulty() for _ in range(3)]
     for emulator, _ in emulators:
         emulator.script(Reply(error_status=500, error_message="kaput"))
@@ -165,16 +165,17 @@ async def test_every_target_failing_gives_503_naming_the_alias_and_the_count(sta
     proxy.state.router.clock = Clock()
     with pytest.raises(openai.InternalServerError) as e:
         await ask(client)
-    assert e.value.status_code == 503
-    assert "every target of 'm' failed: 3 tried" in e.value.message and "kaput" in e.value.message
-    # straight after, every target is cooling: not one request goes up
-    with pytest.raises(openai.InternalServerError) as e:
+    assert e.value.status_code == 500  # the last failure's status, not a 503 of ccproxyd's making
+    assert "kaput (ccproxyd: every attempt for 'm' failed: p0/x:500, p1/x:429, p2/x:500)" in e.value.message
+    # straight after, every target is cooling: still one attempt (round robin now starts at p1), and its answer stands
+    with pytest.raises(openai.RateLimitError) as e:
         await ask(client, stream=True)
-    assert e.value.status_code == 503 and "all 3 target(s) of 'm' are cooling down" in e.value.message
-    assert [len(em.received) for em, _ in emulators] == [1, 1, 1]
+    assert "slow down" in e.value.message and "only p1/x (free again first) was tried" in e.value.message
+    assert e.value.response.headers["retry-after"] == "1"  # no Retry-After upstream: the soonest cooldown's end, at least 1 s
+    assert [len(em.received) for em, _ in emulators] == [1, 2, 1]
 
 
-async def test_every_target_rate_limited_gives_429_and_retry_after_is_honoured(start_faulty, connect):
+async def test_retry_after_steers_and_reaches_the_client(start_faulty, connect):
     first, first_url = await start_faulty()
     second, second_url = await start_faulty()
     first.script(Reply(error_status=429, retry_after="20", error_message="first is busy"), Reply(text="first is back"))
@@ -184,14 +185,12 @@ async def test_every_target_rate_limited_gives_429_and_retry_after_is_honoured(s
     clock = proxy.state.router.clock = Clock()
     with pytest.raises(openai.RateLimitError) as e:
         await ask(client)
-    assert "every target of 'm' failed: 2 tried" in e.value.message
+    assert "second is busy (ccproxyd: every attempt for 'm' failed: a/x:429, b/y:429)" in e.value.message
+    assert e.value.response.headers["retry-after"] == "40"  # the upstream's own value
     clock.now += 19.5
-    with pytest.raises(openai.RateLimitError) as e:
-        await ask(client)
-    assert "all 2 target(s) of 'm' are cooling down" in e.value.message and "retry in 1s" in e.value.message
-    assert (len(first.received), len(second.received)) == (1, 1)
-    clock.now += 1
+    # both cooling: the one free first is asked (not the 40 s one), and its answer is the client's
     assert (await ask(client))[0] == "first is back"
+    assert (len(first.received), len(second.received)) == (2, 1)
 
 
 # ---------------------------------------------------------------- cooldowns and strategies
@@ -307,7 +306,7 @@ async def test_first_byte_timeout_on_every_target_is_504(start_faulty, connect):
     _, client = await connect(make_config(providers, {"m": ["p0/x", "p1/x"]}, timeouts={"first_byte": 0.3}))
     elapsed, error = await _timed(ask(client))
     assert isinstance(error, openai.APIStatusError) and error.status_code == 504
-    assert "every target of 'm' failed: 2 tried" in error.message
+    assert "(ccproxyd: every attempt for 'm' failed: p0/x:504, p1/x:504)" in error.message
     assert 0.6 <= elapsed < 0.6 + SLACK
 
 

@@ -217,7 +217,8 @@ def test_server_errors_back_off_exponentially_to_the_cap_and_success_resets(stat
         attempt = first_attempt(router, config, "m")
         router.failed(attempt, UpstreamError(status, None, "boom"), 10)
         waits.append(router.snapshot()[0]["seconds_left"])
-        assert list(plan_for(router, config, "m")) == []
+        plan = plan_for(router, config, "m")
+        assert labels(plan) == [("local/a", None)] and plan.forced is not None  # cooling, yet asked once
         clock.now += waits[-1]
     assert waits == [1, 2, 4, 8, 10, 10]
     router.succeeded(first_attempt(router, config, "m"))
@@ -234,7 +235,9 @@ def test_connect_errors_and_timeouts_cool_the_whole_provider_briefly(error):
         router.failed(first_attempt(router, config, "o"), error, CAP)  # q: strikes pile up
         clock.now += 100
     router.failed(first_attempt(router, config, "m"), error, CAP)
-    assert list(plan_for(router, config, "m")) == [] and list(plan_for(router, config, "n")) == []  # every key, every model
+    for model in ("m", "n"):  # every key, every model: only the one last-resort attempt
+        plan = plan_for(router, config, model)
+        assert len(list(plan)) == 1 and plan.forced is not None
     assert router.snapshot() == [{"provider": "p", "seconds_left": 1.0, "reason": error.kind}]
     router.failed(first_attempt(router, config, "o"), error, CAP)
     assert router.snapshot()[-1]["seconds_left"] == 30  # "briefly": capped well below cooldown_max
@@ -271,10 +274,44 @@ def test_a_plan_tells_what_it_skipped_and_when_to_retry():
         router.failed(attempt, UpstreamError(429, None, "slow", retry_after=5 if attempt.provider.name == "local" else 9), CAP)
     clock.now += 2
     plan = plan_for(router, config, "m")
-    assert list(plan) == []
-    assert plan.skipped == 2 and plan.tried == 0
+    assert labels(plan) == [("local/a", None)]  # every target cooling: one attempt, where the cooldown ends first
+    assert plan.skipped == 2 and plan.tried == 1 and plan.forced.label == "local/a"
     assert {c.reason for c in plan.cooling} == {"rate_limit"}
     assert plan.retry_in() == pytest.approx(3)
+
+
+def test_cooldowns_only_steer_while_something_else_is_free():
+    clock = Clock()
+    config = make_config({"default": {"strategy": "priority", "models": {"m": ["p/a", "q/b"]}}})
+    router = Router(clock)
+    first = first_attempt(router, config, "m")
+    router.failed(first, UpstreamError(429, None, "slow", retry_after=30), CAP)
+    # p's other key is free: the cooling one is skipped, though rotation would start every other plan at it
+    assert [labels(plan_for(router, config, "m"))[0] for _ in range(4)] == [("p/a", "p-k2")] * 4
+    for attempt in plan_for(router, config, "m"):
+        router.failed(attempt, UpstreamError(500, None, "down"), CAP)
+    plan = plan_for(router, config, "m")
+    assert len(labels(plan)) == 1 and plan.forced is not None
+    assert plan.forced.label != "p/a" or plan.forced.key != "p-k1"  # p-k1 is out for 30 s, the 500s for 1 s
+
+
+def test_the_last_resort_attempt_goes_where_the_cooldown_ends_first_counting_every_scope():
+    clock = Clock()
+    config = make_config({"default": {"strategy": "priority", "models": {"m": ["p/a", "local/c"]}}})
+    router = Router(clock)
+    attempts = list(plan_for(router, config, "m"))
+    router.failed(attempts[0], UpstreamError(429, None, "slow", retry_after=50), CAP)  # p-k1/a: 50 s
+    router.failed(attempts[1], UpstreamError(429, None, "slow", retry_after=20), CAP)  # local/c: 20 s
+    p_k2 = next(a for a in plan_for(router, config, "m") if a.key == "p-k2")
+    router.failed(p_k2, UpstreamError(429, None, "slow", retry_after=5), CAP)  # p-k2/a: 5 s ...
+    router.failed(p_k2, ConnectFailed("refused"), CAP)  # ... and the whole of p for 1 s
+    for _ in range(3):
+        router.failed(p_k2, ConnectFailed("refused"), CAP)  # p now out for 8 s: p-k2 is free in 8 s, not 1 or 5
+    plan = plan_for(router, config, "m")
+    assert labels(plan) == [("p/a", "p-k2")]
+    clock.now += 9
+    router.failed(p_k2, UpstreamError(429, None, "slow", retry_after=40), CAP)
+    assert labels(plan_for(router, config, "m")) == [("local/c", None)]  # 11 s left, against p's 40 and 41
 
 
 def test_snapshot_names_keys_by_number_never_by_value():

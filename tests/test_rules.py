@@ -228,6 +228,7 @@ def test_a_stats_file_from_before_routes_gains_the_route_column(tmp_path: Any) -
     old = sqlite3.connect(path)
     old.executescript(stats._SCHEMA)
     old.execute("ALTER TABLE requests DROP COLUMN route")  # the table as version 1 wrote it
+    old.execute("ALTER TABLE requests DROP COLUMN usage_estimated")
     old.execute("PRAGMA user_version=1")
     old.execute("INSERT INTO requests (ts, request_id, action, compat, stream, status, cancelled, failovers, duration, upstream_seconds) "
                 "VALUES (1e9, 'old', 'chat', 0, 0, 200, 0, 0, 0.1, 0.1)")

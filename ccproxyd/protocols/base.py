@@ -129,6 +129,10 @@ class Adapter(ABC):
     def decode_error(self, status: int, body: bytes) -> UpstreamError:
         """An upstream error response → UpstreamError with the upstream's message."""
 
+    def streams_usage(self, provider: Provider) -> bool:
+        """Whether this upstream's streams report token usage (the dispatcher estimates what is missing)."""
+        return True
+
     def encode_count_tokens_request(self, req: ir.Request, target: UpstreamTarget) -> UpstreamCall | None:
         """An upstream token-count call, or None when the protocol has none."""
         return None

@@ -9,6 +9,7 @@ from typing import Any, AsyncIterator, Mapping
 import orjson
 
 from .. import ir
+from ..config import Provider
 from ..errors import ClientError, ProxyError, UpstreamError
 from ..paths import Route
 from ..streams import iter_sse, sse_frame
@@ -433,7 +434,7 @@ class OpenAIAdapter(Adapter):
         return OpenAIStreamEncoder(request)
 
     def encode_error(self, err: ProxyError) -> tuple[int, dict[str, Any]]:
-        return err.status, _error_body(err)
+        return (503 if err.status == 529 else err.status), _error_body(err)  # OpenAI clients know no 529
 
     def encode_model_list(self, models: list[ModelInfo], route: Route) -> dict[str, Any]:
         """One body both SDKs parse: OpenAI's ``object/data`` and Anthropic's ``data/has_more/first_id``."""
@@ -496,6 +497,9 @@ class OpenAIAdapter(Adapter):
         if target.api_key:
             headers["authorization"] = f"Bearer {target.api_key}"
         return UpstreamCall(f"{provider.base_url}/chat/completions", headers, body, request.stream)
+
+    def streams_usage(self, provider: Provider) -> bool:
+        return provider.stream_usage  # only then is the upstream asked for it
 
     def decode_response(self, body: bytes) -> ir.Response:
         data = orjson.loads(body)
