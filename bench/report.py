@@ -105,6 +105,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         add("1,000 concurrent streams held, RSS ≤ 250 MB", "≤ 250 MB", None, None)
     idle_rss = (result.get("ccproxyd") or {}).get("idle_rss_mb")
     add("idle RSS", "≤ 60 MB", idle_rss, None if idle_rss is None else idle_rss <= 60, " MB")
+    redis = result.get("redis") or {}
+    added = redis.get("added_p50_ms")
+    add("Redis backend: added p50 per request (c=1)", "≤ 0.3 ms", added, None if added is None else added <= 0.3, " ms",
+        redis.get("reason", "") if added is None else "a key with limits, vs the same key counted locally")
     workers = result.get("workers") or {}
     scale = workers.get("scale")
     add("workers = 2 vs one worker", "≥ 1.6×", scale, None if scale is None else scale >= 1.6, "×",

@@ -45,7 +45,7 @@ from typing import Any
 import orjson
 import tomli_w
 
-from . import loadgen, procs, report
+from . import loadgen, procs, report, shared_state
 from .scenarios import LITELLM_ENV, LITELLM_KEY, Scenario, ccproxyd_config, idle_scenario, litellm_config, scenarios
 from .wrk import run_wrk, wrk_path, wrk_version
 
@@ -303,6 +303,12 @@ class Bench:
             if s.workers and self.wanted("workers"):
                 log("workers = 2")
                 result["workers"] = self.workers(servers, next((sc for sc in chosen if sc.key == "openai-openai"), None))
+            if self.wanted("redis"):
+                sc = next((sc for sc in scenarios(s.chunks) if sc.key == "openai-openai"), None)
+                log("limits counted in Redis vs locally")
+                command = shlex.split(s.ccproxyd) if s.ccproxyd else [sys.executable, "-m", "ccproxyd"]
+                result["redis"] = shared_state.measure(sc, servers.upstream.url, self.work, command, self.pairs,
+                                                       s.pairs_seconds, servers.extra) if sc else {"status": "skipped"}
             if self.wanted("idle-streams"):
                 log(f"{s.idle_streams} idle streams for {s.idle_seconds:g} s")
                 result["idle"] = self.idle_streams(servers)

@@ -127,27 +127,47 @@ def stats(ctx: click.Context, since: str, by: str, as_json: bool, state_dir: str
     import orjson
 
     from .config import Server
+    from .limits import format_limit_report, key_limit_report
     from .stats import DB_NAME, format_table, parse_since, summarize
 
     try:
         window = parse_since(since)
     except ValueError as e:
         raise click.BadParameter(str(e), param_hint="--since") from None
+    config = _load(ctx.obj["config_path"], None) if ctx.obj["config_path"] else None
+    pg_url = config.stats.url if config is not None and not state_dir else None
     if state_dir:
         path = Path(state_dir) / DB_NAME
     else:
-        server = _load(ctx.obj["config_path"], None).server if ctx.obj["config_path"] else Server()
-        path = service.state_dir(server) / DB_NAME
+        path = service.state_dir(config.server if config else Server()) / DB_NAME
     try:
-        rows = summarize(path, window, by)
+        if pg_url:
+            import asyncio
+
+            from .stats_pg import limit_usage_pg, summarize_pg
+
+            rows = asyncio.run(summarize_pg(pg_url, window, by))
+            usage = asyncio.run(limit_usage_pg(pg_url)) if by == "key" and config is not None else []
+        else:
+            from .stats import limit_usage
+
+            rows = summarize(path, window, by)
+            usage = limit_usage(path) if by == "key" and config is not None else []
     except FileNotFoundError as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # a PostgreSQL server that cannot be reached
+        raise click.ClickException(f"cannot read the stats database: {e}") from None
+    limits = key_limit_report(config, usage) if config is not None and by == "key" else []
     if as_json:
-        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
-    elif rows:
+        click.echo(orjson.dumps({"rows": rows, "limits": limits} if limits else rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    if rows:
         click.echo(format_table(rows, by))
     else:
         click.echo(f"no requests in the last {since}" if window is not None else "no requests recorded")
+    if limits:
+        click.echo("\nlimits (this UTC day and month, from the usage rows):")
+        click.echo(format_limit_report(limits))
 
 
 @dataclass(frozen=True, slots=True)

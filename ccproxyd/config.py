@@ -40,6 +40,17 @@ class Timeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class Pacing:
+    """Requests and tokens per minute an upstream is given before ccproxyd steers elsewhere; None: unpaced."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     name: str
     protocol: str
@@ -55,6 +66,7 @@ class Provider:
     proxy: str | None = None
     verify_tls: bool = True
     timeouts: Timeouts = Timeouts()
+    pacing: Pacing = Pacing()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +74,7 @@ class Target:
     provider: str
     model: str
     weight: int = 1
+    pacing: Pacing = Pacing()
 
     def __str__(self) -> str:
         return f"{self.provider}/{self.model}"
@@ -116,10 +129,55 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """What one access key may use; None: no limit. Token limits count input + output tokens."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    budget_usd_per_month: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f) is not None for f in self.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
 class AccessKey:
     name: str
     key: str
     groups: tuple[str, ...] = ()  # empty: every group
+    limits: KeyLimits = KeyLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens for the targets or aliases matching ``pattern`` (fnmatch)."""
+
+    pattern: str
+    input: float = 0.0
+    output: float = 0.0
+    cached_input: float | None = None  # None: priced as input
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """Where routing state and limit counters live: this process ("local") or a Redis URL."""
+
+    backend: str = "local"
+    on_state_error: str = "open"  # open | closed: whether limits admit requests while Redis is unreachable
+    queue_seconds: float = 0  # how long a request may wait for a paced target before 429
+    prefix: str = "ccproxyd"
+
+    @property
+    def is_redis(self) -> bool:
+        return self.backend != "local"
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    url: str | None = None  # postgresql://...: usage rows go to PostgreSQL instead of SQLite
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +243,9 @@ class Config:
     providers: dict[str, Provider] = field(default_factory=dict)
     groups: dict[str, Group] = field(default_factory=dict)
     mcp: Mcp = Mcp()
+    prices: tuple[Price, ...] = ()
+    state: SharedState = SharedState()
+    stats: Stats = Stats()
 
     def __hash__(self) -> int:  # dict fields make the generated hash unusable
         return id(self)
@@ -316,7 +377,9 @@ def _url(value: str) -> str | None:
 
 
 _SERVER_KEYS = {f for f in Server.__dataclass_fields__}
-_PROVIDER_KEYS = {f for f in Provider.__dataclass_fields__} - {"name"}
+_PROVIDER_KEYS = ({f for f in Provider.__dataclass_fields__} - {"name", "pacing"}) | {"rpm", "tpm"}
+_LIMIT_KEYS = set(KeyLimits.__dataclass_fields__)
+_STATE_KEYS = set(SharedState.__dataclass_fields__)
 _GROUP_KEYS = ({f for f in Group.__dataclass_fields__} - {"name", "aliases"}) | {"models"}
 _MCP_SERVER_KEYS = {f for f in McpServer.__dataclass_fields__} - {"name"}
 
@@ -369,14 +432,56 @@ def _read_keys(r: _Reader, raw: Any) -> tuple[AccessKey, ...]:
     keys = []
     for i, item in enumerate(raw):
         where = f"keys[{i}]"
-        t = r.table(where, item, {"name", "key", "groups"})
+        t = r.table(where, item, {"name", "key", "groups"} | _LIMIT_KEYS)
         name = r.get(where, t, "name", str, f"key{i + 1}")
         key = r.get(where, t, "key", str, "")
         if not key:
             r.error(where, "key is missing or empty")
             continue
-        keys.append(AccessKey(name, key, r.strings(where, t, "groups")))
+        keys.append(AccessKey(name, key, r.strings(where, t, "groups"), _read_key_limits(r, where, t)))
     return tuple(keys)
+
+
+def _read_key_limits(r: _Reader, where: str, t: dict[str, Any]) -> KeyLimits:
+    ints = {f: r.get(where, t, f, int, None, _at_least(1)) for f in _LIMIT_KEYS if f != "budget_usd_per_month"}
+    return KeyLimits(**ints, budget_usd_per_month=r.get(where, t, "budget_usd_per_month", (int, float), None, _at_least(0)))
+
+
+def _read_pacing(r: _Reader, where: str, t: dict[str, Any]) -> Pacing:
+    return Pacing(r.get(where, t, "rpm", int, None, _at_least(1)), r.get(where, t, "tpm", int, None, _at_least(1)))
+
+
+def _read_prices(r: _Reader, raw: Any) -> tuple[Price, ...]:
+    prices = []
+    for pattern, value in r.table("prices", raw, set(raw) if isinstance(raw, dict) else set()).items():
+        where = f"prices.{pattern}"
+        t = r.table(where, value, {"input", "output", "cached_input"})
+        g = lambda key, default: r.get(where, t, key, (int, float), default, _at_least(0))  # noqa: E731
+        prices.append(Price(pattern, g("input", 0.0), g("output", 0.0), g("cached_input", None)))
+    return tuple(prices)
+
+
+def _redis_url(value: str) -> str | None:
+    if value == "local" or value.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return 'expected "local" or a redis://, rediss:// or unix:// URL'
+
+
+def _read_state(r: _Reader, raw: Any) -> SharedState:
+    t = r.table("state", raw, _STATE_KEYS)
+    d = SharedState()
+    return SharedState(
+        backend=r.get("state", t, "backend", str, d.backend, _redis_url),
+        on_state_error=r.get("state", t, "on_state_error", str, d.on_state_error, _one_of(("open", "closed"))),
+        queue_seconds=r.get("state", t, "queue_seconds", (int, float), d.queue_seconds, _at_least(0)),
+        prefix=r.get("state", t, "prefix", str, d.prefix),
+    )
+
+
+def _read_stats(r: _Reader, raw: Any) -> Stats:
+    t = r.table("stats", raw, {"url"})
+    check = lambda v: None if v.startswith(("postgresql://", "postgres://")) else "expected a postgresql:// URL"  # noqa: E731
+    return Stats(r.get("stats", t, "url", str, None, check))
 
 
 def _read_timeouts(r: _Reader, where: str, raw: Any) -> Timeouts:
@@ -423,6 +528,7 @@ def _read_provider(r: _Reader, name: str, raw: Any) -> Provider | None:
         proxy=proxy,
         verify_tls=g("verify_tls", bool),
         timeouts=_read_timeouts(r, f"{where}.timeouts", t.get("timeouts")),
+        pacing=_read_pacing(r, where, t),
     )
 
 
@@ -440,10 +546,11 @@ def _read_targets(r: _Reader, where: str, raw: Any, providers: dict[str, Any]) -
     targets = []
     for i, item in enumerate(raw):
         at = f"{where}[{i}]"
-        weight = 1
+        weight, pacing = 1, Pacing()
         if isinstance(item, dict):
-            t = r.table(at, item, {"target", "weight"})
+            t = r.table(at, item, {"target", "weight", "rpm", "tpm"})
             weight = r.get(at, t, "weight", int, 1, _at_least(1))
+            pacing = _read_pacing(r, at, t)
             item = t.get("target")
         if not isinstance(item, str) or not parse_target(item):
             r.error(at, f"expected \"provider/model\", got {item!r}")
@@ -453,7 +560,7 @@ def _read_targets(r: _Reader, where: str, raw: Any, providers: dict[str, Any]) -
             known = ", ".join(sorted(providers)) or "none defined"
             r.error(at, f"provider {provider!r} does not exist (providers: {known})")
             continue
-        targets.append(Target(provider, model, weight))
+        targets.append(Target(provider, model, weight, pacing))
     return tuple(targets)
 
 
@@ -590,7 +697,7 @@ def _read_mcp(r: _Reader, raw: Any) -> Mcp:
 def parse_config(data: dict[str, Any], path: str = "<config>", env: dict[str, str] | None = None) -> Config:
     r = _Reader(path, dict(os.environ) if env is None else env)
     data = r.expand("", data)
-    top = r.table("", data, {"server", "keys", "providers", "groups", "mcp"})
+    top = r.table("", data, {"server", "keys", "providers", "groups", "mcp", "prices", "state", "stats"})
     server = _read_server(r, top.get("server"))
     keys = _read_keys(r, top.get("keys"))
     raw_providers = r.get("", top, "providers", dict, {})
@@ -608,7 +715,10 @@ def parse_config(data: dict[str, Any], path: str = "<config>", env: dict[str, st
         r.error("server.listen", f"{server.listen} is not a loopback address; define [[keys]] before listening on the network")
     if "active_group" in (top.get("server") or {}) and server.active_group not in groups:
         r.error("server.active_group", f"group {server.active_group!r} does not exist")
-    config = Config(path, server, keys, providers, groups, _read_mcp(r, top.get("mcp")))
+    config = Config(
+        path, server, keys, providers, groups, _read_mcp(r, top.get("mcp")),
+        prices=_read_prices(r, top.get("prices")), state=_read_state(r, top.get("state")), stats=_read_stats(r, top.get("stats")),
+    )
     if r.errors:
         raise ConfigError(r.errors)
     return config

@@ -8,6 +8,7 @@ possible until the first byte reaches the client.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -33,12 +34,14 @@ from .errors import (
     UpstreamTimeout,
 )
 from .images import inline_images
+from .limits import Pacer, estimate_tokens
 from .observe import BodyLog, RequestRecord, redact_secrets
 from .paths import Route
 from .protocols import ADAPTERS
 from .protocols.base import Adapter, ModelInfo, UpstreamTarget
 from .routing import Attempt, AttemptPlan, Router, is_retryable, resolve_alias, resolve_group
 from .shaping import finish_call, shape_request, use_compat
+from .state import LocalState
 from .streams import FrameTooLarge
 from .upstream import UpstreamClient, limit_headers, parse_retry_after
 from .usage import ESTIMATED_HEADERS, fill_missing_usage
@@ -95,6 +98,19 @@ def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
 
 
 @dataclass(slots=True)
+class _Paced:
+    """Why a request found no upstream within its pacing: seconds until the soonest may take it again."""
+
+    wait: float | None = None
+
+    def refusal(self, alias: str) -> RateLimited:
+        wait = max(1, math.ceil(self.wait or 1))
+        error = RateLimited(f"every target of {alias!r} is at its configured rpm/tpm pacing; retry in {wait}s")
+        error.headers = {"Retry-After": str(wait)}  # type: ignore[attr-defined]
+        return error
+
+
+@dataclass(slots=True)
 class Plan:
     group: Group
     alias: str
@@ -102,9 +118,11 @@ class Plan:
 
 
 class Dispatcher:
-    def __init__(self, router: Router, upstream: UpstreamClient, body_log: Callable[[], BodyLog | None] = lambda: None) -> None:
+    def __init__(self, router: Router, upstream: UpstreamClient, body_log: Callable[[], BodyLog | None] = lambda: None,
+                 pacer: Pacer | None = None) -> None:
         self.router = router
         self.upstream = upstream
+        self.pacer = pacer or Pacer(LocalState())
         self.body_log = body_log  # the client side of server.log_bodies (the upstream side is logged by the client)
 
     # ------------------------------------------------------------ planning
@@ -137,7 +155,8 @@ class Dispatcher:
         record.stream = client_req.stream
         plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
         failures: list[ProxyError] = []
-        for attempt in plan.attempts:
+        paced = _Paced()
+        async for attempt in self._within_pace(plan.attempts, config, request.content_length, record, paced):
             outbound = ADAPTERS[attempt.provider.protocol]
             compat = use_compat(plan.group, attempt.provider, route.compat)
             record.target, record.compat, record.upstream_protocol = attempt.label, compat, outbound.name
@@ -172,7 +191,36 @@ class Dispatcher:
             finally:
                 for resp in release:
                     resp.close()
+        if paced.wait is not None and not failures:
+            raise paced.refusal(plan.alias)
         raise self._exhausted(plan, failures, record.attempts)
+
+    async def _within_pace(self, attempts: AttemptPlan, config: Config, body_bytes: int | None, record: RequestRecord,
+                           paced: _Paced) -> AsyncIterator[Attempt]:
+        """The plan's attempts, less those whose upstream is over its rpm/tpm pacing. When every one was,
+        the soonest is waited for up to ``state.queue_seconds``; otherwise ``paced`` says how long to wait."""
+        estimate = estimate_tokens(body_bytes)
+        deferred: list[tuple[float, Attempt]] = []
+        for attempt in attempts:
+            wait = await self._take_pace(attempt, estimate)
+            if wait is None:
+                yield attempt
+            else:
+                record.attempts.append(f"{attempt.label}:paced")
+                deferred.append((wait, attempt))
+        if not deferred:
+            return
+        wait, attempt = min(deferred, key=lambda d: d[0])
+        if wait <= config.state.queue_seconds:
+            await asyncio.sleep(wait)
+            wait = await self._take_pace(attempt, estimate)
+            if wait is None:
+                yield attempt
+                return
+        paced.wait = wait
+
+    async def _take_pace(self, attempt: Attempt, estimate: int) -> float | None:
+        return await self.pacer.take(attempt.provider.name, attempt.provider.pacing, attempt.label, attempt.target.pacing, estimate)
 
     async def _open_events(
         self, request: web.Request, config: Config, client_req: ir.Request, plan: Plan, attempt: Attempt,

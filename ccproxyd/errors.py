@@ -13,6 +13,7 @@ KINDS = (
     "not_found",  # 404
     "request_too_large",  # 413
     "rate_limit",  # 429
+    "insufficient_quota",  # 429: a budget or token allowance is used up
     "api_error",  # 500
     "bad_gateway",  # 502
     "unavailable",  # 503
@@ -76,6 +77,16 @@ class TooLarge(ProxyError):
 
 class RateLimited(ProxyError):
     status, kind = 429, "rate_limit"
+
+
+class LimitExceeded(RateLimited):
+    """An access key is over one of its own limits; ``headers`` tell the client which and until when."""
+
+    def __init__(self, message: str, headers: dict[str, str], *, quota: bool = False) -> None:
+        super().__init__(message)
+        self.headers = headers
+        if quota:
+            self.kind = "insufficient_quota"
 
 
 class Unavailable(ProxyError):

@@ -72,6 +72,9 @@ FAMILIES = (
     Family("ccproxyd_mcp_calls_total", "counter", "MCP tool calls by server and outcome.", ("server", "outcome")),
     Family("ccproxyd_config_reloads_total", "counter", "Config reloads by outcome.", ("result",)),
     Family("ccproxyd_stats_rows_dropped_total", "counter", "Usage rows dropped because the stats writer fell behind."),
+    Family("ccproxyd_limit_refusals_total", "counter", "Requests refused because their access key was over one of its limits.", ("key", "limit")),
+    Family("ccproxyd_key_budget_remaining_usd", "gauge", "USD left of a key's budget_usd_per_month this month.", ("key",), merge="min"),
+    Family("ccproxyd_state_errors_total", "counter", "Times the shared state (Redis) could not be reached."),
     Family("ccproxyd_workers", "gauge", "Worker processes by state.", ("state",)),
     Family("ccproxyd_worker_restarts_total", "counter", "Worker processes restarted after they died."),
     Family("ccproxyd_start_time_seconds", "gauge", "Unix time the oldest serving process started.", merge="min"),
@@ -197,6 +200,11 @@ class Metrics:
         calls = state.mcp.calls_total if state.mcp is not None else None
         if isinstance(calls, dict):
             samples["ccproxyd_mcp_calls_total"] = _mcp_samples(calls)
+        limiter = getattr(state, "limiter", None)
+        if limiter is not None:
+            samples["ccproxyd_limit_refusals_total"] = {labels: n for labels, n in limiter.counts.refused.items()}
+            samples["ccproxyd_key_budget_remaining_usd"] = {(k,): v for k, v in limiter.budget_left.items()}
+            samples["ccproxyd_state_errors_total"] = {(): getattr(limiter.state, "errors", 0)}
         stats = getattr(state, "stats", None)
         if stats is not None:
             samples["ccproxyd_stats_rows_dropped_total"] = {(): stats.dropped}

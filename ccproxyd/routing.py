@@ -177,6 +177,8 @@ class Router:
         self._turn: dict[str, int] = {}  # round-robin position per group/alias and per provider's keys
         self._cooldowns: dict[tuple, Cooldown] = {}
         self._strikes: dict[tuple, int] = {}  # failures in a row per scope, for the exponential backoff
+        # told of every cooldown this router sets (scope, wall-clock end, reason, key index): the shared state
+        self.on_cool: Callable[[tuple, float, str, int | None], None] | None = None
 
     # ------------------------------------------------------------ planning
 
@@ -244,7 +246,16 @@ class Router:
         self._strikes[scope] = strikes + 1
         seconds = fixed if fixed is not None else min(cap, base * 2 ** min(strikes, _MAX_DOUBLINGS))
         self._cooldowns[scope] = Cooldown(self.clock() + seconds, reason, key_index)
+        if self.on_cool is not None:
+            self.on_cool(scope, time.time() + seconds, reason, key_index)
         return seconds
+
+    def adopt(self, scope: tuple, until: float, reason: str, key_index: int | None) -> None:
+        """A cooldown another worker or instance set (``until`` in wall-clock time), unless ours ends later."""
+        ends = self.clock() + (until - time.time())
+        current = self._cooldowns.get(scope)
+        if current is None or current.until < ends:
+            self._cooldowns[scope] = Cooldown(ends, reason, key_index)
 
     def snapshot(self) -> list[dict]:
         """Cooling scopes for /healthz?deep=1 (key numbers, never keys)."""

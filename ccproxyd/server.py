@@ -35,7 +35,9 @@ from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream, redact_s
 from .paths import MethodNotAllowed, PathNotFound, Route, client_hint, parse_path
 from .protocols import ADAPTERS
 from .routing import Router
+from .limits import KeyLimiter, Lease, Pacer
 from .service import read_status
+from .state import LocalState, RedisState, open_state, safe_url, scope_from_wire, scope_to_wire
 from .stats import StatsWriter, db_path
 from .upstream import UpstreamClient
 
@@ -64,7 +66,7 @@ class AppState:
     in_flight: int = 0
     dispatcher: Dispatcher = field(init=False)
     metrics: Metrics | None = None
-    stats: StatsWriter | None = None
+    stats: Any = None  # StatsWriter (SQLite) or stats_pg.PgStatsWriter
     bodies: BodyLogs = field(default_factory=BodyLogs)
     worker_index: int | None = None  # set in a worker process of a supervisor (server.workers > 1)
     runtime_dir: str | None = None  # the supervisor's shared directory (status, metrics snapshots)
@@ -72,9 +74,12 @@ class AppState:
     last_reload: dict[str, Any] | None = None  # time, ok, error of the last SIGHUP, for /healthz
 
     tasks: set[asyncio.Task] = field(default_factory=set)  # fire-and-forget work, kept referenced until done
+    shared: LocalState | RedisState = field(default_factory=LocalState)  # limit counters, shared cooldowns
+    limiter: KeyLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.dispatcher = Dispatcher(self.router, self.upstream, lambda: self.bodies.current(self.config))
+        self.dispatcher = Dispatcher(self.router, self.upstream, lambda: self.bodies.current(self.config), Pacer(self.shared))
+        self.limiter = KeyLimiter(self.shared)
 
     def background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -115,8 +120,8 @@ def _error_response(protocol: str | None, err: ProxyError, config: Config) -> we
         err.status = 502
     adapter = ADAPTERS.get(protocol or "openai") or ADAPTERS["openai"]
     status, body = adapter.encode_error(err)
-    headers = {}
-    if status in (429, 503, 529):  # tell SDKs when to come back, rather than let them guess
+    headers = dict(getattr(err, "headers", None) or {})  # a key's own limits (LimitExceeded), pacing
+    if status in (429, 503, 529) and "Retry-After" not in headers:  # tell SDKs when to come back, rather than let them guess
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after or 1)))
     if isinstance(body, str):
         return web.Response(status=status, text=body, headers=headers)
@@ -218,6 +223,26 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+# Actions that do not reach an upstream cost a key nothing.
+_FREE_ACTIONS = frozenset({"models", "show", "version", "root", "health", "metrics", "mcp_sse", "mcp_http"})
+
+
+@web.middleware
+async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A key with limits is admitted (or refused with 429) before its request is dispatched, and charged after."""
+    key = request.get(ACCESS_KEY)
+    route = request.get(ROUTE)
+    if key is None or not key.limits or route is None or route.action in _FREE_ACTIONS or request.method == "OPTIONS":
+        return await handler(request)
+    state = request.app[STATE]
+    config = state.config
+    lease: Lease | None = await state.limiter.admit(key, request.content_length, config.state.on_state_error)
+    try:
+        return await handler(request)
+    finally:  # off the response's path: the client does not wait for the accounting
+        state.background(state.limiter.finish(lease, request[RECORD], config.prices))
+
+
 def _auth_blocked(state: AppState, remote: str, per_minute: int) -> bool:
     """Whether ``remote`` failed authentication ``per_minute`` times within the last minute."""
     failures = state.auth_failures.get(remote)
@@ -271,6 +296,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if action == "metrics":
         if state.metrics is None:
             raise NotFound("metrics are not enabled")
+        await state.limiter.refresh_budgets(config.keys)
         return web.Response(body=state.metrics.render(state), headers={"Content-Type": METRICS_CONTENT_TYPE})
     if action in ("mcp_sse", "mcp_http"):
         if state.mcp is None:
@@ -387,11 +413,12 @@ def create_app(config: Config) -> web.Application:
     state.observer.log_format = config.server.log_format
     state.metrics = Metrics(lambda: state.config, RECORD)
     state.observer.sinks.append(state.metrics.observe)
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=config.server.max_body_bytes)
+    app = web.Application(middlewares=[errors_middleware, auth_middleware, limits_middleware], client_max_size=config.server.max_body_bytes)
     app[STATE] = state
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)  # every path, even one with a newline in it
     app.on_response_prepare.append(_on_prepare)
     app.on_response_prepare.append(state.metrics.on_response_prepare)
+    app.cleanup_ctx.append(_shared_state_ctx)
     app.cleanup_ctx.append(_stats_ctx)
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
@@ -400,11 +427,36 @@ def create_app(config: Config) -> web.Application:
     return app
 
 
+async def _shared_state_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """With a Redis backend: limit counters there, and cooldowns published to and adopted from every instance.
+    ``[state]`` is read at start only; a reload that changes it takes effect at the next restart."""
+    state = app[STATE]
+    if state.config.state.is_redis:
+        router = state.router
+
+        def adopt(wire: list, until: float, reason: str, key_index: int | None) -> None:
+            scope = scope_from_wire(wire, state.config.providers)
+            if scope is not None:
+                router.adopt(scope, until, reason, key_index)
+
+        shared = open_state(state.config, adopt)
+        assert isinstance(shared, RedisState)
+        state.shared = state.limiter.state = state.dispatcher.pacer.state = shared
+        router.on_cool = lambda scope, until, reason, key_index: state.background(
+            shared.publish_cooldown(scope_to_wire(scope, key_index), until, reason, key_index))
+        shared.start()
+    yield
+    state.router.on_cool = None
+    await state.shared.close()
+
+
 async def _stats_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     """The usage-stats writer; a database that cannot be opened disables stats, not the daemon."""
     state = app[STATE]
     server = state.config.server
-    if server.stats:
+    if server.stats and state.config.stats.url:
+        await _start_pg_stats(state)
+    elif server.stats:
         writer = StatsWriter(db_path(server), server.stats_retention_days)
         try:
             await asyncio.get_running_loop().run_in_executor(None, writer.start)
@@ -414,10 +466,26 @@ async def _stats_ctx(app: web.Application):  # type: ignore[no-untyped-def]
             state.stats = writer
             state.observer.sinks.append(writer.record)
     yield
-    if state.stats is not None:
+    if isinstance(state.stats, StatsWriter):
         state.observer.sinks.remove(state.stats.record)
         await asyncio.get_running_loop().run_in_executor(None, state.stats.close)
+    elif state.stats is not None:
+        state.observer.sinks.remove(state.stats.record)
+        await state.stats.close()
     state.bodies.close()
+
+
+async def _start_pg_stats(state: AppState) -> None:
+    from .stats_pg import PgStatsWriter
+
+    writer = PgStatsWriter(state.config.stats.url or "", state.config.server.stats_retention_days)
+    try:
+        await writer.start()
+    except Exception as e:  # noqa: BLE001 — ImportError without the extra, any connection or auth failure
+        log.error("usage stats are off: cannot use PostgreSQL at %s: %s", safe_url(state.config.stats.url or ""), e)
+        return
+    state.stats = writer
+    state.observer.sinks.append(writer.record)
 
 
 async def _metrics_ctx(app: web.Application):  # type: ignore[no-untyped-def]

@@ -108,17 +108,42 @@ def connect(path: Path) -> sqlite3.Connection:
         os.close(directory)  # also releases the lock
 
 
-class StatsWriter:
-    """Queues rows from the event loop; a thread inserts them in one transaction per batch."""
+class RowQueue:
+    """The Observer sink both stats stores share: rows queued in O(1), dropped (and counted) past ``max_pending``."""
 
-    def __init__(self, path: Path, retention_days: int, flush_seconds: float = 1.0, max_pending: int = 100_000) -> None:
-        self.path = path
+    def __init__(self, retention_days: int, flush_seconds: float = 1.0, max_pending: int = 100_000) -> None:
         self.retention_days = retention_days
         self.flush_seconds = flush_seconds
         self.max_pending = max_pending
         self.dropped = 0
         self._pending: collections.deque[tuple] = collections.deque()
         self._queued = 0
+
+    def record(self, r: RequestRecord) -> None:
+        """The Observer sink: never touches the disk or the network."""
+        if r.action == "metrics":
+            return
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("stats writer is behind; %d rows dropped so far", self.dropped)
+            return
+        self._pending.append(row_of(r))
+        self._queued += 1
+
+    def take_pending(self) -> list[tuple]:
+        rows = []
+        while self._pending:
+            rows.append(self._pending.popleft())
+        return rows
+
+
+class StatsWriter(RowQueue):
+    """Queues rows from the event loop; a thread inserts them in one transaction per batch."""
+
+    def __init__(self, path: Path, retention_days: int, flush_seconds: float = 1.0, max_pending: int = 100_000) -> None:
+        super().__init__(retention_days, flush_seconds, max_pending)
+        self.path = path
         self._written = 0  # rows handled (inserted or dropped on error), for flush()
         self._done = threading.Condition()
         self._wake = threading.Event()
@@ -132,18 +157,6 @@ class StatsWriter:
         self._prune()
         self._thread = threading.Thread(target=self._run, name="ccproxyd-stats", daemon=True)
         self._thread.start()
-
-    def record(self, r: RequestRecord) -> None:
-        """The Observer sink: O(1), never touches the disk."""
-        if r.action == "metrics":
-            return
-        if len(self._pending) >= self.max_pending:
-            self.dropped += 1
-            if self.dropped % 1000 == 1:
-                log.warning("stats writer is behind; %d rows dropped so far", self.dropped)
-            return
-        self._pending.append(row_of(r))
-        self._queued += 1
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until every row queued before this call is written; for tests and shutdown."""
@@ -174,9 +187,7 @@ class StatsWriter:
         self._db.close()
 
     def _insert_pending(self) -> None:
-        rows = []
-        while self._pending:
-            rows.append(self._pending.popleft())
+        rows = self.take_pending()
         if not rows:
             return
         assert self._db is not None
@@ -252,20 +263,25 @@ def summarize(path: Path, since: float | None, by: str, now: float | None = None
     cutoff = (now or time.time()) - since if since is not None else 0.0
     db = open_readonly(path)
     try:
-        totals = db.execute(
-            f"""SELECT {expr} AS k, COUNT(*), SUM(status >= 400 AND NOT cancelled), SUM(cancelled),
-                       SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
-                       SUM(COALESCE(cached_tokens, 0)), SUM(COALESCE(reasoning_tokens, 0))
-                FROM requests WHERE ts >= ? GROUP BY k ORDER BY k""",
-            (cutoff,),
-        ).fetchall()
+        totals = db.execute(SUMMARY_TOTALS.format(expr=expr, table="requests", cutoff="?"), (cutoff,)).fetchall()
         durations: dict[str, list[float]] = collections.defaultdict(list)
-        for key, duration in db.execute(
-            f"SELECT {expr} AS k, duration FROM requests WHERE ts >= ? AND status < 400 AND NOT cancelled ORDER BY k, duration", (cutoff,)
-        ):
+        for key, duration in db.execute(SUMMARY_DURATIONS.format(expr=expr, table="requests", cutoff="?"), (cutoff,)):
             durations[key].append(duration)
     finally:
         db.close()
+    return shape_summary(totals, durations, by)
+
+
+# the two queries summarize() runs, in the column order shape_summary() reads
+SUMMARY_TOTALS = """SELECT {expr} AS k, COUNT(*), SUM(CASE WHEN status >= 400 AND cancelled = 0 THEN 1 ELSE 0 END), SUM(cancelled),
+       SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)),
+       SUM(COALESCE(cached_tokens, 0)), SUM(COALESCE(reasoning_tokens, 0))
+FROM {table} WHERE ts >= {cutoff} GROUP BY k ORDER BY k"""
+SUMMARY_DURATIONS = "SELECT {expr} AS k, duration FROM {table} WHERE ts >= {cutoff} AND status < 400 AND cancelled = 0 ORDER BY k, duration"
+
+
+def shape_summary(totals: list[tuple], durations: dict[str, list[float]], by: str) -> list[dict[str, Any]]:
+    """Rows of (group, requests, errors, cancelled, tokens in/out/cached/reasoning) and served durations → report dicts."""
     rows = []
     for key, requests, errors, cancelled, tin, tout, tcached, treasoning in totals:
         served = durations.get(key, [])
@@ -297,3 +313,26 @@ def format_table(rows: list[dict[str, Any]], by: str) -> str:
     widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))) for line in (header, *body)]
     return "\n".join(lines)
+
+
+# tokens per key, target and alias since the start of this UTC month; ``today`` marks this UTC day's rows
+LIMIT_USAGE = """SELECT COALESCE(key_name, '-'), COALESCE(target, ''), COALESCE(alias, ''), CASE WHEN ts >= {day} THEN 1 ELSE 0 END,
+       SUM(COALESCE(input_tokens, 0)), SUM(COALESCE(output_tokens, 0)), SUM(COALESCE(cached_tokens, 0))
+FROM {table} WHERE ts >= {month} GROUP BY 1, 2, 3, 4"""
+
+
+def month_and_day_start(now: float | None = None) -> tuple[float, float]:
+    import calendar
+
+    t = time.gmtime(now if now is not None else time.time())
+    return float(calendar.timegm((t.tm_year, t.tm_mon, 1, 0, 0, 0))), float(calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)))
+
+
+def limit_usage(path: Path, now: float | None = None) -> list[tuple]:
+    """Rows of LIMIT_USAGE from the SQLite store."""
+    month, day = month_and_day_start(now)
+    db = open_readonly(path)
+    try:
+        return db.execute(LIMIT_USAGE.format(table="requests", day="?", month="?"), (day, month)).fetchall()
+    finally:
+        db.close()

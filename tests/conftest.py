@@ -109,18 +109,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15, what: str = "ccproxyd") -> None:
     """Until the port accepts connections (bounded), failing early if the process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"ccproxyd exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.02)  # poll interval while the process binds its port
-    raise TimeoutError(f"ccproxyd did not listen on {port} within {timeout}s")
+    raise TimeoutError(f"{what} did not listen on {port} within {timeout}s")
 
 
 @dataclass

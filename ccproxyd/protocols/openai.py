@@ -31,6 +31,7 @@ ERROR_TYPES = {
     "not_found": "not_found_error",
     "request_too_large": "invalid_request_error",
     "rate_limit": "rate_limit_error",
+    "insufficient_quota": "insufficient_quota",
     "timeout": "timeout_error",
     "overloaded": "server_error",
     "unavailable": "server_error",

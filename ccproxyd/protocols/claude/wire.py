@@ -60,6 +60,7 @@ ERROR_TYPE_FROM_KIND = {
     "not_found": "not_found_error",
     "request_too_large": "request_too_large",
     "rate_limit": "rate_limit_error",
+    "insufficient_quota": "rate_limit_error",
     "api_error": "api_error",
     "bad_gateway": "api_error",
     "unavailable": "api_error",

@@ -58,6 +58,7 @@ STATUS_BY_KIND = {
     "not_found": "NOT_FOUND",
     "request_too_large": "INVALID_ARGUMENT",
     "rate_limit": "RESOURCE_EXHAUSTED",
+    "insufficient_quota": "RESOURCE_EXHAUSTED",
     "api_error": "INTERNAL",
     "bad_gateway": "UNAVAILABLE",
     "unavailable": "UNAVAILABLE",

@@ -39,6 +39,7 @@ _STATUS_BY_KIND = {
     "not_found": 404,
     "request_too_large": 413,
     "rate_limit": 429,
+    "insufficient_quota": 429,
     "api_error": 500,
     "bad_gateway": 502,
     "unavailable": 503,
