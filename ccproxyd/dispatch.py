@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
@@ -28,6 +29,7 @@ from .errors import (
     ClientError,
     Forbidden,
     ProxyError,
+    RateLimited,
     TooLarge,
     Unavailable,
     UpstreamError,
