@@ -1,9 +1,11 @@
 """From a group and a model name to the attempts of one request, and the cooldowns that shape them.
 
 Choice state (round-robin positions, cooldowns) lives in one :class:`Router`
-per worker process and survives config reloads. With ``server.workers`` above
-1 every worker keeps its own: a cooldown one worker learned is not seen by the
-others, which then learn it from their own first failure.
+per worker process and survives config reloads. With ``[state] backend =
+"local"`` every worker keeps its own: a cooldown one worker learned is not seen
+by the others, which then learn it from their own first failure. With Redis,
+cooldowns are published to every instance (``on_cool``/``adopt``) and rotations
+take their turns from shared counters (``fetch_turns``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import fnmatch
 import logging
 import random
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Awaitable, Callable, Iterator
 
 from .config import Alias, Config, Group, Provider, Target
 from .errors import BadGateway, NotFound, ProxyError, UpstreamError, UpstreamTimeout
+from .state import StateUnavailable
 from .upstream import ConnectFailed
 
 log = logging.getLogger("ccproxyd.routing")
@@ -102,13 +106,30 @@ class AttemptPlan:
     def __init__(self, router: Router, config: Config, group: Group, alias: Alias) -> None:
         self.router = router
         self.limit = group.max_attempts
-        self.targets = router.order(f"{group.name}\0{alias.name}", alias.targets, alias.strategy or group.strategy)
+        self._order = (f"{group.name}\0{alias.name}", alias.targets, alias.strategy or group.strategy)
+        self._targets: list[Target] | None = None
         self.providers = config.providers
         self.tried = 0
         self.skipped = 0  # targets passed over because all their keys were cooling
         self.cooling: list[Cooldown] = []  # what kept the skipped targets out
         self.forced: Attempt | None = None  # the one attempt made although every deployment was cooling
         self._key_order: dict[str, list[int]] = {}
+
+    @property
+    def targets(self) -> list[Target]:
+        """The targets in strategy order, decided when first needed (after :meth:`Router.fetch_turns`)."""
+        if self._targets is None:
+            self._targets = self.router.order(*self._order)
+        return self._targets
+
+    def turn_names(self) -> list[str]:
+        """The rotation counters this plan may advance: the alias's round robin and its providers' key rotations."""
+        name, targets, strategy = self._order
+        names = [name] if len(targets) > 1 and strategy == "round_robin" else []
+        for provider in dict.fromkeys(t.provider for t in targets):
+            if len(self.providers[provider].api_keys) > 1:
+                names.append("keys\0" + provider)
+        return names
 
     def __iter__(self) -> Iterator[Attempt]:
         """Cooling deployments are skipped while another is usable; when every one is cooling, the one
@@ -179,6 +200,9 @@ class Router:
         self._strikes: dict[tuple, int] = {}  # failures in a row per scope, for the exponential backoff
         # told of every cooldown this router sets (scope, wall-clock end, reason, key index): the shared state
         self.on_cool: Callable[[tuple, float, str, int | None], None] | None = None
+        # with shared state: counts the named rotations once for every instance (Redis INCR), see fetch_turns()
+        self.shared_turns: Callable[[list[str]], Awaitable[list[int]]] | None = None
+        self._tickets: dict[str, deque[int]] = {}
 
     # ------------------------------------------------------------ planning
 
@@ -198,7 +222,25 @@ class Router:
         start = self.next_turn(name, len(targets))
         return list(targets[start:] + targets[:start])
 
+    async def fetch_turns(self, plan: AttemptPlan) -> None:
+        """With shared state, take this request's turns from the shared counters, so that every worker and
+        instance rotates as one; without it, or while it is unreachable, each process rotates on its own."""
+        if self.shared_turns is None:
+            return
+        names = plan.turn_names()
+        if not names:
+            return
+        try:
+            values = await self.shared_turns(names)
+        except StateUnavailable:
+            return
+        for name, value in zip(names, values):
+            self._tickets.setdefault(name, deque(maxlen=16)).append(value)
+
     def next_turn(self, name: str, n: int) -> int:
+        tickets = self._tickets.get(name)
+        if tickets:
+            return tickets.popleft() % n
         turn = self._turn.get(name, -1) + 1
         self._turn[name] = turn % n
         return turn % n

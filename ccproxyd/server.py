@@ -444,9 +444,10 @@ async def _shared_state_ctx(app: web.Application):  # type: ignore[no-untyped-de
         state.shared = state.limiter.state = state.dispatcher.pacer.state = shared
         router.on_cool = lambda scope, until, reason, key_index: state.background(
             shared.publish_cooldown(scope_to_wire(scope, key_index), until, reason, key_index))
+        router.shared_turns = shared.turns
         shared.start()
     yield
-    state.router.on_cool = None
+    state.router.on_cool = state.router.shared_turns = None
     await state.shared.close()
 
 

@@ -193,6 +193,17 @@ class RedisState:
         except Exception as e:  # noqa: BLE001
             self._failed(e)
 
+    async def turns(self, names: list[str]) -> list[int]:
+        """The next number of each named rotation, counted once across every instance."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.incr(self._key("turn:" + name.replace("\0", ":")))
+                return [int(v) - 1 for v in await pipe.execute()]
+        except Exception as e:  # noqa: BLE001
+            self._failed(e)
+            raise StateUnavailable(str(e)) from None
+
     async def read(self, keys: list[str]) -> list[int]:
         try:
             values = await self._redis.mget([self._key(k) for k in keys])

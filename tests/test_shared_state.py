@@ -154,3 +154,14 @@ async def test_usage_rows_of_two_instances_land_in_one_postgresql(start_upstream
     assert rows == [pytest.approx(rows[0])] and rows[0]["alias"] == "m-openai"
     assert rows[0]["requests"] == 5 and rows[0]["input_tokens"] == 5 * 21 and rows[0]["output_tokens"] == 5 * 9
     assert not (tmp_path / "state" / "stats.sqlite3").exists()  # nothing went to SQLite
+
+
+async def test_two_instances_rotate_an_alias_as_one(start_upstream, run_daemon, redis_server) -> None:
+    first, second = await start_upstream("openai"), await start_upstream("openai")
+    config = shared_config({"one": first, "two": second}, redis_server.url)
+    config["groups"] = {"default": {"strategy": "round_robin", "models": {"m": ["one/model-a", "two/model-b"]}}}
+    a, b = run_daemon(config), run_daemon(config)
+    async with aiohttp.ClientSession() as session:
+        targets = [(await chat(session, (a, b)[i % 2].url, "m")).headers["x-ccproxy-target"] for i in range(6)]
+    # each instance on its own would start at the first target; sharing, they alternate across both
+    assert targets in (["one/model-a", "two/model-b"] * 3, ["two/model-b", "one/model-a"] * 3)
