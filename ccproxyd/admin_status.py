@@ -146,8 +146,10 @@ def _targets(config: Any, samples: dict, cooldowns: list[dict[str, Any]]) -> lis
         if kind in ("input", "output"):
             row(target)[f"{kind}_tokens"] += count
     for r in rows.values():
+        keyed = r["provider"] in config.providers and len(config.providers[r["provider"]].api_keys) > 1
         r["cooldowns"] = sorted(
-            (c for c in cooldowns if c["provider"] == r["provider"] and c.get("model") in (None, r["model"])),
+            ({k: v for k, v in c.items() if k != "key" or keyed} for c in cooldowns
+             if c["provider"] == r["provider"] and c.get("model") in (None, r["model"])),
             key=lambda c: -c["seconds_left"],
         )
         r["health"] = "cooling" if r["cooldowns"] else "ok"
