@@ -340,3 +340,20 @@ def test_two_workers_add_up_on_the_page(daemon):
         return len(pids) == 2
 
     wait_until(every_worker_lists_all)
+
+
+def test_an_unknown_key_role_is_a_config_error():
+    from ccproxyd.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_config({**demo_config(), "keys": [{"name": "x", "key": ADMIN_KEY, "role": "root"}]}, "c.toml", env={})
+    assert e.value.errors == ["c.toml: keys[0].role: must be one of user, admin; got 'root'"]
+
+
+def test_admin_and_ui_are_reserved_group_names():
+    from ccproxyd.config import ConfigError
+
+    config = demo_config()
+    config["groups"]["admin"] = config["groups"].pop("work")
+    with pytest.raises(ConfigError, match="groups.admin: group name 'admin' is reserved"):
+        parse_config(config, "c.toml", env={})
