@@ -33,8 +33,21 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
+ADMIN_KEY = "sk-ccproxy-browser-admin-0001"
+KEYS = f"""
+[[keys]]
+name = "user"
+key = "sk-ccproxy-browser-user-0001"
+
+[[keys]]
+name = "admin"
+key = "{ADMIN_KEY}"
+role = "admin"
+"""
+
 CONFIG = """\
 # the browser test's config
+{keys}
 [server]
 listen = "127.0.0.1:{port}"
 state_dir = "{state_dir}"
@@ -81,14 +94,16 @@ def busy_upstream():
     server.server_close()
 
 
-@pytest.fixture
-def daemon(tmp_path, busy_upstream):
+@pytest.fixture(params=["loopback", "admin-key"])
+def daemon(request, tmp_path, busy_upstream):
+    """Without keys (loopback may) and with keys (the page opened as /ui?key=ADMIN_KEY)."""
     port = free_port()
     path = tmp_path / "ccproxy.toml"
-    path.write_text(CONFIG.format(port=port, state_dir=tmp_path / "state", busy_port=busy_upstream))
+    keys = KEYS if request.param == "admin-key" else ""
+    path.write_text(CONFIG.format(keys=keys, port=port, state_dir=tmp_path / "state", busy_port=busy_upstream))
     proc = subprocess.Popen([sys.executable, "-m", "ccproxyd", "--config", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for_port(port, proc)
-    yield f"http://127.0.0.1:{port}", path
+    yield f"http://127.0.0.1:{port}", path, {"authorization": f"Bearer {ADMIN_KEY}"} if keys else {}
     proc.terminate()
     proc.wait(timeout=30)
     proc.stderr.close()
@@ -108,8 +123,8 @@ def browser():
     driver.quit()
 
 
-def chat(url: str, model: str) -> str:
-    r = requests.post(url + "/v1/chat/completions", json={"model": model, "messages": [{"role": "user", "content": "Hello"}]})
+def chat(url: str, model: str, headers: dict) -> str:
+    r = requests.post(url + "/v1/chat/completions", headers=headers, json={"model": model, "messages": [{"role": "user", "content": "Hello"}]})
     assert r.status_code == 200, r.text
     return r.headers["x-request-id"]
 
@@ -119,15 +134,18 @@ def wait(driver, check, timeout: float = 20):
 
 
 def test_status_page_in_a_real_browser(daemon, browser):
-    url, config_path = daemon
-    request_id = chat(url, "demo")
-    chat(url, "flaky")  # busy/m answers 429: a failover, and a cooldown of 120 s
+    url, config_path, auth = daemon
+    request_id = chat(url, "demo", auth)
+    chat(url, "flaky", auth)  # busy/m answers 429: a failover, and a cooldown of 120 s
     # the stats writer flushes once a second: the chart has data once the API has it
-    for_chart = lambda _: requests.get(url + "/admin/usage", params={"window": "hour"}).json()["series"]  # noqa: E731
+    for_chart = lambda _: requests.get(url + "/admin/usage", params={"window": "hour"}, headers=auth).json()["series"]  # noqa: E731
     wait(None, for_chart)
 
-    browser.get(url + "/")  # a browser asking for / lands on the page
-    assert browser.current_url == url + "/ui"
+    if auth:
+        browser.get(url + "/ui?key=" + ADMIN_KEY)
+    else:
+        browser.get(url + "/")  # a browser asking for / lands on the page
+        assert browser.current_url == url + "/ui"
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, f'#recent tr[data-request-id="{request_id}"]'))
     row = browser.find_element(By.CSS_SELECTOR, f'#recent tr[data-request-id="{request_id}"]').text
     assert "demo → demo/demo-1" in row and "200" in row
@@ -157,7 +175,7 @@ def test_status_page_in_a_real_browser(daemon, browser):
     browser.find_element(By.ID, "switch-group").click()
     wait(browser, lambda d: d.find_element(By.ID, "active-group").text == "work")
     assert "saved to" in browser.find_element(By.ID, "switch-result").text
-    models = {m["id"] for m in requests.get(url + "/switch/v1/models").json()["data"]}
+    models = {m["id"] for m in requests.get(url + "/switch/v1/models", headers=auth).json()["data"]}
     assert models == {"demo", "only-work"}
     text = Path(config_path).read_text()
     assert 'active_group = "work"' in text and "# the browser test's config" in text
