@@ -1,10 +1,10 @@
-// The ccproxyd status page: polls /admin/status once a second, /admin/usage every 15 seconds, and switches
-// the active group with PUT /admin/active-group. With [[keys]] configured, open it as /ui?key=<an admin key>.
+// The ccproxyd status page: one request a second at most (/admin/status, and every 15th one /admin/usage
+// instead), and PUT /admin/active-group to switch. With [[keys]] configured, open it as /ui?key=<an admin key>.
 "use strict";
 
 const KEY = new URLSearchParams(location.search).get("key");
-const STATUS_EVERY = 1000;
-const USAGE_EVERY = 15000;
+const POLL_EVERY = 1000;
+const USAGE_EVERY_NTH = 15;
 const COLORS = ["#2e5bda", "#12805c", "#b54708", "#9e3bd1", "#0e7490", "#b42318", "#4d7c0f", "#7a5af8", "#667085"];
 
 const $ = (id) => document.getElementById(id);
@@ -108,14 +108,13 @@ function showError(message) {
   $("live").classList.toggle("stale", Boolean(message));
 }
 
-async function pollStatus() {
+async function loadStatus() {
   try {
     showStatus(await api("/admin/status"));
     showError("");
   } catch (e) {
     showError(`cannot read the status: ${e.message}`);
   }
-  setTimeout(pollStatus, STATUS_EVERY);
 }
 
 // ---------------------------------------------------------------- usage chart
@@ -154,9 +153,11 @@ async function loadUsage() {
   $("usage-chart").dataset.series = usage.series.map((s) => s.name).join(",");
 }
 
-async function pollUsage() {
-  await loadUsage();
-  setTimeout(pollUsage, USAGE_EVERY);
+let tick = 0;
+
+async function poll() {
+  await (tick++ % USAGE_EVERY_NTH === 1 ? loadUsage() : loadStatus());
+  setTimeout(poll, POLL_EVERY);
 }
 
 // ---------------------------------------------------------------- controls
@@ -193,5 +194,4 @@ $("reload").addEventListener("click", async () => {
 for (const id of ["usage-metric", "usage-by", "usage-window"]) $(id).addEventListener("change", loadUsage);
 window.addEventListener("resize", () => { if (chart) chart.setSize({ width: chartWidth(), height: 260 }); });
 
-pollStatus();
-pollUsage();
+poll();
