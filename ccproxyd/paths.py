@@ -58,6 +58,7 @@ _MCP = re.compile(r"^/(?P<kind>sse|mcp)(?:/.*)?$")
 # the status page and its admin API (admin.py): action by path, and the methods each takes
 _ADMIN: dict[str, tuple[str, frozenset[str]]] = {
     "/ui": ("ui", frozenset({"GET"})),
+    "/ui/": ("ui", frozenset({"GET"})),
     "/admin/status": ("admin_read", frozenset({"GET"})),
     "/admin/usage": ("admin_read", frozenset({"GET"})),
     "/admin/active-group": ("admin", frozenset({"PUT"})),

@@ -89,6 +89,8 @@ async def test_without_keys_loopback_may(start_proxy):
             assert "loopback address" in (await r.json())["error"]["message"]
         async with s.get(proxy.url + "/ui", headers={"Host": f"localhost:{proxy.url.rsplit(':', 1)[1]}"}) as r:
             assert r.status == 200
+        async with s.get(proxy.url + "/ui/") as r:
+            assert (r.status, r.content_type) == (200, "text/html")
 
 
 def test_without_keys_a_remote_client_is_refused():
