@@ -166,6 +166,9 @@ def usage(server: Any, window: str, by: str, now: float | None = None) -> dict[s
     start = (now - span) // step * step + step
     times = [start + i * step for i in range(int(span // step))]
     out: dict[str, Any] = {"window": window, "by": by, "step": step, "times": times, "series": []}
+    if not server.stats:
+        out["note"] = "usage stats are off (server.stats = false)"
+        return out
     try:
         db = open_readonly(db_path(server))
     except (FileNotFoundError, sqlite3.Error) as e:

@@ -151,6 +151,8 @@ async def test_bad_admin_inputs_get_clear_errors(start_proxy):
             assert (r.status, (await r.json())["error"]["message"]) == (400, "window must be one of hour, day, month; got 'week'")
         async with s.get(proxy.url + "/admin/usage", params={"by": "model"}) as r:
             assert (r.status, (await r.json())["error"]["message"]) == (400, "by must be one of alias, target, key; got 'model'")
+        async with s.get(proxy.url + "/admin/usage") as r:  # this proxy runs without stats
+            assert (await r.json())["note"] == "usage stats are off (server.stats = false)"
 
 
 async def test_root_redirects_browsers_and_answers_others_in_plain_text(start_proxy):
