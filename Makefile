@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 run: $(STAMP)
-	$(BIN)/ccproxyd --config $(CONFIG)
+	$(BIN)/ccproxyd --config $(CONFIG) $(RUN_ARGS)
 
 check: $(STAMP)
 	$(BIN)/ccproxyd --config $(CONFIG) check

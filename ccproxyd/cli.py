@@ -194,6 +194,7 @@ async def _serve(config: Config, worker: WorkerSeat | None = None, listen_overri
     state = app[STATE]
     if worker is not None:
         state.worker_index, state.runtime_dir = worker.index, worker.runtime_dir
+    state.reload = lambda: _reload(app, listen_override)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.shutdown_grace)
     await runner.setup()
     ssl_context = None

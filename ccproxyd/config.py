@@ -19,6 +19,9 @@ from .paths import GROUP_NAME, RESERVED_SEGMENTS
 from .rules import covers
 
 PROTOCOLS = ("openai", "claude", "gemini", "ollama")
+UPSTREAM_PROTOCOLS = (*PROTOCOLS, "demo")  # demo: answered inside ccproxyd (protocols/demo.py)
+DEMO_BASE_URL = "demo://ccproxyd"
+KEY_ROLES = ("user", "admin")
 STRATEGIES = ("round_robin", "weighted", "priority")
 DEFAULT_LISTEN = "127.0.0.1:11435"
 
@@ -148,6 +151,7 @@ class AccessKey:
     name: str
     key: str
     groups: tuple[str, ...] = ()  # empty: every group
+    role: str = "user"  # admin: may also use the status page and /admin/*
     limits: KeyLimits = KeyLimits()
 
 
@@ -432,13 +436,14 @@ def _read_keys(r: _Reader, raw: Any) -> tuple[AccessKey, ...]:
     keys = []
     for i, item in enumerate(raw):
         where = f"keys[{i}]"
-        t = r.table(where, item, {"name", "key", "groups"} | _LIMIT_KEYS)
+        t = r.table(where, item, {"name", "key", "groups", "role"} | _LIMIT_KEYS)
         name = r.get(where, t, "name", str, f"key{i + 1}")
         key = r.get(where, t, "key", str, "")
         if not key:
             r.error(where, "key is missing or empty")
             continue
-        keys.append(AccessKey(name, key, r.strings(where, t, "groups"), _read_key_limits(r, where, t)))
+        keys.append(AccessKey(name, key, r.strings(where, t, "groups"), role=r.get(where, t, "role", str, "user", _one_of(KEY_ROLES)),
+                              limits=_read_key_limits(r, where, t)))
     return tuple(keys)
 
 
@@ -505,11 +510,11 @@ def _read_provider(r: _Reader, name: str, raw: Any) -> Provider | None:
     d = Provider(name, "openai", "")
     g = lambda key, kind, check=None: r.get(where, t, key, kind, getattr(d, key), check)  # noqa: E731
     if "protocol" not in t:
-        r.error(where, f"protocol is missing; expected one of {', '.join(PROTOCOLS)}")
-    protocol = g("protocol", str, _one_of(PROTOCOLS))
-    if "base_url" not in t:
+        r.error(where, f"protocol is missing; expected one of {', '.join(UPSTREAM_PROTOCOLS)}")
+    protocol = g("protocol", str, _one_of(UPSTREAM_PROTOCOLS))
+    if "base_url" not in t and protocol != "demo":
         r.error(where, "base_url is missing")
-    base_url = g("base_url", str, _url)
+    base_url = DEMO_BASE_URL if protocol == "demo" else g("base_url", str, _url)
     params = r.get(where, t, "params", dict, {})
     max_tokens = g("max_tokens", int, _at_least(1))
     proxy = g("proxy", str, _url)

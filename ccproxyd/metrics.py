@@ -275,7 +275,7 @@ def read_snapshot(path: Path) -> dict | None:
     return snap
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -295,7 +295,7 @@ def sibling_snapshots(runtime_dir: str | None, own_index: int | None) -> list[Sa
         if snap is None:
             continue
         samples = snap["samples"]
-        if not _alive(snap["pid"]):
+        if not alive(snap["pid"]):
             samples = {name: values for name, values in samples.items() if name not in _LIVE_ONLY}
         out.append(samples)
     return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 RESERVED_SEGMENTS = frozenset(
-    {"v1", "v1beta", "api", "compat_mode", "compat", "sse", "mcp", "healthz", "metrics"}
+    {"v1", "v1beta", "api", "compat_mode", "compat", "sse", "mcp", "healthz", "metrics", "ui", "admin"}
 )
 GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
@@ -19,7 +19,7 @@ GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 @dataclass(frozen=True, slots=True)
 class Route:
     protocol: str | None  # openai | claude | gemini | ollama | None (service endpoints)
-    action: str  # chat | models | count_tokens | show | version | root | health | metrics | mcp_sse | mcp_http
+    action: str  # chat | models | count_tokens | show | version | root | health | metrics | mcp_sse | mcp_http | ui | ui_asset | admin_read | admin
     group: str | None = None
     compat: bool = False
     model: str | None = None  # from the path (Gemini)
@@ -55,6 +55,15 @@ _SERVICE = {
     "/metrics": "metrics",
 }
 _MCP = re.compile(r"^/(?P<kind>sse|mcp)(?:/.*)?$")
+# the status page and its admin API (admin.py): action by path, and the methods each takes
+_ADMIN: dict[str, tuple[str, frozenset[str]]] = {
+    "/ui": ("ui", frozenset({"GET"})),
+    "/ui/": ("ui", frozenset({"GET"})),
+    "/admin/status": ("admin_read", frozenset({"GET"})),
+    "/admin/usage": ("admin_read", frozenset({"GET"})),
+    "/admin/active-group": ("admin", frozenset({"PUT"})),
+    "/admin/reload": ("admin", frozenset({"POST"})),
+}
 _PROTOCOL_HINT = [
     (re.compile(r"/v1beta(/|$)|/v1/models/[^/]+:"), "gemini"),
     (re.compile(r"/api(/|$)"), "ollama"),
@@ -98,6 +107,11 @@ def parse_path(method: str, path: str, query: dict[str, str] | None = None, hint
     method = "GET" if method == "HEAD" else method
     if path in _SERVICE:
         return Route(None, _SERVICE[path])
+    if path in _ADMIN or path.startswith("/ui/"):
+        action, methods = _ADMIN.get(path, ("ui_asset", frozenset({"GET"})))
+        if method not in methods and method != "OPTIONS":
+            raise MethodNotAllowed("openai")
+        return Route(None, action)
     m = _MCP.match(path)
     if m:
         return Route(None, "mcp_sse" if m["kind"] == "sse" else "mcp_http")

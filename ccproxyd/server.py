@@ -26,7 +26,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from . import __version__
+from . import __version__, admin, admin_status
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
 from .dispatch import CLIENT_HEADERS, Dispatcher
 from .errors import AuthError, NotFound, ProxyError, RateLimited
@@ -34,6 +34,7 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream, redact_secrets
 from .paths import MethodNotAllowed, PathNotFound, Route, client_hint, parse_path
 from .protocols import ADAPTERS
+from .recent import RecentRequests
 from .routing import Router
 from .limits import KeyLimiter, Lease, Pacer
 from .service import read_status
@@ -45,7 +46,8 @@ log = logging.getLogger("ccproxyd")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_OPEN_ACTIONS = frozenset({"root", "health"})
+_OPEN_ACTIONS = frozenset({"root", "health", "ui_asset"})
+_UNLOGGED = frozenset({"ui", "admin_read"})  # the status page polls these every second
 
 
 class MethodNotAllowedError(ProxyError):
@@ -76,6 +78,8 @@ class AppState:
     tasks: set[asyncio.Task] = field(default_factory=set)  # fire-and-forget work, kept referenced until done
     shared: LocalState | RedisState = field(default_factory=LocalState)  # limit counters, shared cooldowns
     limiter: KeyLimiter = field(init=False)
+    recent: RecentRequests = field(default_factory=RecentRequests)  # for the status page
+    reload: Callable[[], Any] = lambda: None  # what SIGHUP does (set by create_app, refined by the cli)
 
     def __post_init__(self) -> None:
         self.dispatcher = Dispatcher(self.router, self.upstream, lambda: self.bodies.current(self.config), Pacer(self.shared))
@@ -143,6 +147,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     request[RECORD] = record
     protocol: str | None = None
     state.in_flight += 1
+    state.recent.begin(record)
     try:
         try:
             route = parse_path(request.method, request.path, dict(request.query), client_hint(request.headers))
@@ -174,7 +179,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error_response(protocol, ProxyError(f"internal error in ccproxyd (request id {record.request_id})"), state.config)
     finally:
         state.in_flight -= 1
-        if record.action and record.action not in _OPEN_ACTIONS:
+        state.recent.end(record)
+        if record.action and record.action not in _OPEN_ACTIONS | _UNLOGGED:
             state.observer.finished(record)
 
 
@@ -289,6 +295,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     dispatcher = state.dispatcher
     if request.method == "OPTIONS":
         return web.Response(status=204)
+    if action in admin.ACTIONS:
+        return await admin.handle(request, state, action, key)
+    if action == "root" and admin.wants_html(request):
+        return web.Response(status=302, headers={"Location": "/ui"})
     if action == "root":
         return web.Response(text="ccproxyd is running")
     if action == "health":
@@ -413,6 +423,8 @@ def create_app(config: Config) -> web.Application:
     state.observer.log_format = config.server.log_format
     state.metrics = Metrics(lambda: state.config, RECORD)
     state.observer.sinks.append(state.metrics.observe)
+    state.observer.sinks.append(state.recent.finished)
+    state.reload = lambda: reload_config(app)
     app = web.Application(middlewares=[errors_middleware, auth_middleware, limits_middleware], client_max_size=config.server.max_body_bytes)
     app[STATE] = state
     app.router.add_route("*", r"/{tail:[\s\S]*}", handle)  # every path, even one with a newline in it
@@ -423,6 +435,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_mcp_ctx)
+    app.cleanup_ctx.append(_admin_views_ctx)
     app.on_shutdown.append(_mcp_shutdown)
     return app
 
@@ -500,6 +513,17 @@ async def _metrics_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     if task is not None:
         task.cancel()
         state.metrics.write_snapshot(state.metrics.collect(state), state.runtime_dir, state.worker_index)  # type: ignore[union-attr, arg-type]
+
+
+async def _admin_views_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """In a worker, share this worker's live view (requests, cooldowns) with the status page."""
+    state = app[STATE]
+    task = None
+    if state.runtime_dir is not None and state.worker_index is not None:
+        task = asyncio.get_running_loop().create_task(admin_status.write_views(state))
+    yield
+    if task is not None:
+        task.cancel()
 
 
 async def _upstream_ctx(app: web.Application):  # type: ignore[no-untyped-def]

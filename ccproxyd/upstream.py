@@ -21,6 +21,7 @@ import orjson
 from .config import Provider
 from .errors import BadGateway, UpstreamTimeout
 from .protocols.base import UpstreamCall
+from .protocols.demo import answer as demo_answer
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -34,7 +35,7 @@ class UpstreamResponse:
     status: int
     headers: Mapping[str, str]
     chunks: AsyncIterator[bytes]
-    response: aiohttp.ClientResponse
+    response: aiohttp.ClientResponse | None  # None: answered in process (the demo provider)
     opened_at: float  # monotonic time the headers arrived
 
     async def read_all(self, limit: int) -> bytes:
@@ -48,7 +49,8 @@ class UpstreamResponse:
 
     def close(self) -> None:
         """Drop the connection unless the body was read to its end (then it went back to the pool already)."""
-        self.response.close()
+        if self.response is not None:
+            self.response.close()
 
 
 class UpstreamClient:
@@ -78,6 +80,9 @@ class UpstreamClient:
 
     async def open(self, call: UpstreamCall, provider: Provider) -> UpstreamResponse:
         """Send the request and wait for the headers; the body is read through ``chunks``."""
+        if provider.protocol == "demo":  # served in process: no connection, nothing to time out
+            status, headers, chunks = demo_answer(call)
+            return UpstreamResponse(status, headers, chunks, None, time.monotonic())
         t = provider.timeouts
         sent = time.monotonic()
         deadline = sent + t.total if t.total else None

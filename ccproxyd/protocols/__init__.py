@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from .base import Adapter
 from .claude import ADAPTER as CLAUDE
+from .demo import ADAPTER as DEMO
 from .gemini import ADAPTER as GEMINI
 from .ollama import ADAPTER as OLLAMA
 from .openai import ADAPTER as OPENAI
 
-ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, CLAUDE, GEMINI, OLLAMA)}
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, CLAUDE, GEMINI, OLLAMA, DEMO)}
 
 __all__ = ["ADAPTERS", "Adapter"]

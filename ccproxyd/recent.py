@@ -1,0 +1,55 @@
+"""The requests in flight and the last finished ones, for the status page: what, where, how long; never bodies or keys."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+from .observe import RequestRecord
+
+KEEP = 100
+# service endpoints a status page or a scraper polls: they would push every real request out
+_NOT_SHOWN = frozenset({"metrics", "ui", "ui_asset", "admin_read", "admin", "root", "health"})
+
+
+def summary(r: RequestRecord, now: float | None = None) -> dict[str, Any]:
+    """One request as the page shows it; the key's name, never the key."""
+    entry: dict[str, Any] = {
+        "time": r.wall_time, "request_id": r.request_id, "protocol": r.protocol, "action": r.action, "group": r.group,
+        "alias": r.alias, "target": r.target, "stream": r.stream, "status": r.status, "key": r.key_name,
+        "input_tokens": r.input_tokens, "output_tokens": r.output_tokens, "failovers": _failovers(r),
+        "error": r.error_kind, "cancelled": r.cancelled,
+    }
+    entry["duration_ms"] = round((r.duration if now is None else now - r.started) * 1000, 1)
+    return entry
+
+
+def _failovers(r: RequestRecord) -> int:
+    """Failed attempts that moved on to another; a failed last attempt is the request's own error."""
+    final_failed = bool(r.attempts) and r.status >= 400 and r.attempts[-1].rpartition(":")[0] == r.target
+    return len(r.attempts) - final_failed
+
+
+class RecentRequests:
+    """One per worker: the records of requests being handled, and a ring of the last ``KEEP`` finished."""
+
+    def __init__(self, keep: int = KEEP) -> None:
+        self.in_flight: dict[int, RequestRecord] = {}
+        self.finished_ring: deque[dict[str, Any]] = deque(maxlen=keep)
+
+    def begin(self, record: RequestRecord) -> None:
+        self.in_flight[id(record)] = record
+
+    def end(self, record: RequestRecord) -> None:
+        self.in_flight.pop(id(record), None)
+
+    def finished(self, record: RequestRecord) -> None:
+        """The Observer sink."""
+        if record.action not in _NOT_SHOWN:
+            self.finished_ring.append(summary(record))
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        now = time.monotonic()
+        live = [summary(r, now) for r in self.in_flight.values() if r.action and r.action not in _NOT_SHOWN]
+        return {"in_flight": live, "recent": list(self.finished_ring)}
