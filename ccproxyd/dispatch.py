@@ -138,12 +138,8 @@ class Dispatcher:
                     else:
                         response = await self._collect(events, client_req, record)
                 except ProxyError as e:
-                    if not is_retryable(e):
+                    if not self.fail_over(attempt, e, config, failures, record):
                         raise
-                    self.router.failed(attempt, e, config.server.cooldown_max)
-                    failures.append(e)
-                    record.attempts.append(f"{attempt.label}:{e.status}")
-                    log.warning("%s: %s failed with %d (%s)", record.request_id, attempt.label, e.status, e.message)
                     continue
                 self.router.succeeded(attempt)
                 if client_req.stream:
@@ -158,6 +154,17 @@ class Dispatcher:
                 for resp in release:
                     resp.close()
         raise self._exhausted(plan, failures)
+
+    def fail_over(self, attempt: Attempt, error: ProxyError, config: Config, failures: list[ProxyError], record: RequestRecord) -> bool:
+        """After a failed attempt: False when the error is the client's to see; otherwise the
+        failure cools its target, is kept for the final error and logged, and the next attempt may go."""
+        if not is_retryable(error):
+            return False
+        self.router.failed(attempt, error, config.server.cooldown_max)
+        failures.append(error)
+        record.attempts.append(f"{attempt.label}:{error.status}")
+        log.warning("%s: %s failed with %d (%s)", record.request_id, attempt.label, error.status, error.message)
+        return True
 
     async def _open_events(
         self, request: web.Request, config: Config, client_req: ir.Request, plan: Plan, attempt: Attempt,

@@ -27,6 +27,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from . import __version__
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
 from .dispatch import Dispatcher
+from .embeddings import EMBED_ACTIONS, embed
 from .errors import AuthError, NotFound, ProxyError, RateLimited
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream, redact_secrets
@@ -259,6 +260,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     adapter = ADAPTERS[route.protocol or "openai"]
     if action == "chat":
         return await dispatcher.chat(request, route, config, record, key_groups)
+    if action in EMBED_ACTIONS:
+        return await embed(dispatcher, request, route, config, record, key_groups)
     if action == "models":
         body = adapter.encode_model_list(dispatcher.model_infos(config, route, key_groups), route)
     elif action == "count_tokens":

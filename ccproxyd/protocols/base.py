@@ -15,7 +15,8 @@ from typing import Any, AsyncIterator, ClassVar, Mapping
 
 from .. import ir
 from ..config import Provider
-from ..errors import NotFound, ProxyError, UpstreamError
+from ..errors import ClientError, NotFound, ProxyError, UpstreamError
+from ..ir_embed import EmbedRequest, EmbedResponse
 from ..paths import Route
 
 
@@ -49,6 +50,14 @@ class ModelInfo:
     targets: tuple[str, ...] = field(default_factory=tuple)
 
 
+def bearer_headers(api_key: str | None) -> dict[str, str]:
+    """JSON request headers with ``Authorization: Bearer`` when there is a key (OpenAI, Ollama)."""
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
+
+
 class StreamEncoder(ABC):
     """Turns IR events into client bytes; one instance per response, holding its state."""
 
@@ -77,6 +86,9 @@ class Adapter(ABC):
     inline_images_only: ClassVar[bool] = False
     # Upstreams that refuse a request without max_tokens: the dispatcher fills in server.default_max_tokens.
     requires_max_tokens: ClassVar[bool] = False
+    # Upstreams with an embeddings API, and the most inputs one call of it takes (None: no limit).
+    can_embed: ClassVar[bool] = False
+    embed_batch_limit: ClassVar[int | None] = None
 
     # ------------------------------------------------------------ inbound (client side)
 
@@ -134,4 +146,18 @@ class Adapter(ABC):
         return None
 
     def decode_count_tokens(self, body: bytes) -> int:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ embeddings (see embeddings.py)
+
+    def decode_embed_request(self, body: dict[str, Any], route: Route) -> EmbedRequest:
+        raise NotFound("this protocol has no embeddings endpoint")
+
+    def encode_embed_response(self, resp: EmbedResponse, req: EmbedRequest, route: Route) -> dict[str, Any]:
+        raise NotFound("this protocol has no embeddings endpoint")
+
+    def encode_embed_request(self, req: EmbedRequest, target: UpstreamTarget) -> UpstreamCall:
+        raise ClientError(f"{self.name} upstreams cannot make embeddings")
+
+    def decode_embed_response(self, body: bytes) -> EmbedResponse:
         raise NotImplementedError

@@ -12,6 +12,8 @@ from .. import ir
 from ..errors import ClientError, ProxyError, UpstreamError
 from ..paths import Route
 from ..streams import iter_sse, sse_frame
+from . import openai_embed
+from ..ir_embed import EmbedRequest, EmbedResponse
 from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
 from .fields import check, integer, number, opt, req, split_data_url, string_list
 
@@ -373,6 +375,8 @@ def _error_body(err: ProxyError) -> dict[str, Any]:
 
 class OpenAIAdapter(Adapter):
     name = "openai"
+    can_embed = True
+    embed_batch_limit = openai_embed.BATCH_LIMIT
 
     # ------------------------------------------------------------ inbound
 
@@ -557,6 +561,20 @@ class OpenAIAdapter(Adapter):
         except orjson.JSONDecodeError:
             pass
         return UpstreamError(status, kind, message)
+
+    # ------------------------------------------------------------ embeddings
+
+    def decode_embed_request(self, body: dict[str, Any], route: Route) -> EmbedRequest:
+        return openai_embed.decode_request(body)
+
+    def encode_embed_response(self, resp: EmbedResponse, req: EmbedRequest, route: Route) -> dict[str, Any]:
+        return openai_embed.encode_response(resp, req)
+
+    def encode_embed_request(self, req: EmbedRequest, target: UpstreamTarget) -> UpstreamCall:
+        return openai_embed.encode_request(req, target)
+
+    def decode_embed_response(self, body: bytes) -> EmbedResponse:
+        return openai_embed.decode_response(body)
 
 
 ADAPTER = OpenAIAdapter()

@@ -11,9 +11,10 @@ from typing import Any, AsyncIterator, Mapping
 
 from ... import ir
 from ...errors import ClientError, ProxyError, UpstreamError
+from ...ir_embed import EmbedRequest, EmbedResponse
 from ...paths import Route
 from ..base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
-from . import request, response
+from . import embed, request, response
 from .stream import GeminiStreamEncoder
 from .wire import error_body, error_status
 
@@ -34,6 +35,8 @@ def _include_thoughts(req: ir.Request) -> bool:
 class GeminiAdapter(Adapter):
     name = "gemini"
     inline_images_only = True
+    can_embed = True
+    embed_batch_limit = embed.BATCH_LIMIT
 
     # ------------------------------------------------------------ inbound
 
@@ -108,6 +111,23 @@ class GeminiAdapter(Adapter):
 
     def decode_count_tokens(self, body: bytes) -> int:
         return response.decode_count_tokens(body)
+
+    # ------------------------------------------------------------ embeddings
+
+    def decode_embed_request(self, body: dict[str, Any], route: Route) -> EmbedRequest:
+        model = _model_path(route.model or "")
+        if not model:
+            raise ClientError("the model is missing from the path (/v1beta/models/{model}:embedContent)", param="model")
+        return embed.decode_request(body, model, batch=route.action == "embed_batch")
+
+    def encode_embed_response(self, resp: EmbedResponse, req: EmbedRequest, route: Route) -> dict[str, Any]:
+        return embed.encode_response(resp, batch=route.action == "embed_batch")
+
+    def encode_embed_request(self, req: EmbedRequest, target: UpstreamTarget) -> UpstreamCall:
+        return embed.encode_request(req, target, self._headers(target))
+
+    def decode_embed_response(self, body: bytes) -> EmbedResponse:
+        return embed.decode_response(body)
 
 
 ADAPTER = GeminiAdapter()

@@ -11,9 +11,10 @@ from typing import Any, AsyncIterator, Mapping
 
 from ... import ir
 from ...errors import ProxyError, UpstreamError
+from ...ir_embed import EmbedRequest, EmbedResponse
 from ...paths import Route
 from ..base import Adapter, ModelInfo, UpstreamCall, UpstreamTarget
-from . import inbound, models, outbound, response, stream, wire
+from . import embed, inbound, models, outbound, response, stream, wire
 from .stream import OllamaStreamEncoder
 
 __all__ = ["ADAPTER", "OllamaAdapter", "OllamaStreamEncoder"]
@@ -22,6 +23,7 @@ __all__ = ["ADAPTER", "OllamaAdapter", "OllamaStreamEncoder"]
 class OllamaAdapter(Adapter):
     name = "ollama"
     inline_images_only = True  # Ollama takes base64 only; the dispatcher fetches URL images first
+    can_embed = True
 
     # ------------------------------------------------------------ inbound
 
@@ -62,6 +64,20 @@ class OllamaAdapter(Adapter):
 
     def decode_error(self, status: int, body: bytes) -> UpstreamError:
         return wire.decode_error(status, body)
+
+    # ------------------------------------------------------------ embeddings
+
+    def decode_embed_request(self, body: dict[str, Any], route: Route) -> EmbedRequest:
+        return embed.decode_request(body, legacy=route.action == "embed_legacy")
+
+    def encode_embed_response(self, resp: EmbedResponse, req: EmbedRequest, route: Route) -> dict[str, Any]:
+        return embed.encode_response(resp, req, legacy=route.action == "embed_legacy")
+
+    def encode_embed_request(self, req: EmbedRequest, target: UpstreamTarget) -> UpstreamCall:
+        return embed.encode_request(req, target)
+
+    def decode_embed_response(self, body: bytes) -> EmbedResponse:
+        return embed.decode_response(body)
 
 
 ADAPTER = OllamaAdapter()
