@@ -18,6 +18,7 @@ from .paths import GROUP_NAME, RESERVED_SEGMENTS
 
 PROTOCOLS = ("openai", "claude", "gemini", "ollama")
 STRATEGIES = ("round_robin", "weighted", "priority")
+ALIAS_KINDS = ("chat", "embedding")
 DEFAULT_LISTEN = "127.0.0.1:11435"
 
 
@@ -71,6 +72,7 @@ class Alias:
     targets: tuple[Target, ...]
     strategy: str | None = None  # None: the group's
     is_pattern: bool = False
+    kind: str = "chat"  # chat | embedding: what model lists and /api/show report
 
 
 @dataclass(frozen=True, slots=True)
@@ -441,13 +443,14 @@ def _read_group(r: _Reader, name: str, raw: Any, providers: dict[str, Any]) -> G
     models = r.get(where, t, "models", dict, {})
     for alias, value in models.items():
         at = f"{where}.models.{alias}"
-        strategy = None
+        strategy, kind = None, "chat"
         if isinstance(value, dict):
-            vt = r.table(at, value, {"targets", "strategy"})
+            vt = r.table(at, value, {"targets", "strategy", "kind"})
             strategy = r.get(at, vt, "strategy", str, None, _one_of(STRATEGIES))
+            kind = r.get(at, vt, "kind", str, "chat", _one_of(ALIAS_KINDS))
             value = vt.get("targets")
         targets = _read_targets(r, at, value, providers)
-        aliases.append(Alias(alias, targets, strategy, any(c in alias for c in "*?[")))
+        aliases.append(Alias(alias, targets, strategy, any(c in alias for c in "*?["), kind))
     ratio = g("temperature_ratio", (int, float), _at_least(0))
     return Group(
         name=name,

@@ -312,7 +312,8 @@ class Dispatcher:
     @staticmethod
     def _info(config: Config, alias: Any) -> ModelInfo:
         providers = [config.providers[t.provider] for t in alias.targets]
-        return ModelInfo(alias.name, vision=bool(providers) and all(p.vision for p in providers), targets=tuple(str(t) for t in alias.targets))
+        vision = bool(providers) and all(p.vision for p in providers)
+        return ModelInfo(alias.name, vision=vision, targets=tuple(str(t) for t in alias.targets), kind=alias.kind)
 
     async def show(self, request: web.Request, route: Route, config: Config, key_groups: tuple[str, ...]) -> dict[str, Any]:
         adapter = ADAPTERS[route.protocol or "ollama"]

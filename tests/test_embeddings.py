@@ -210,3 +210,26 @@ async def test_bad_inputs_get_a_clear_error(embedding_proxy, path, body, message
             text = await r.text()
             assert r.status in (400, 404), text
             assert message in text
+
+
+async def test_embedding_kind_in_model_lists_and_show(start_upstream, start_proxy):
+    upstream = await start_upstream("ollama")
+    config = proxy_config([upstream])
+    config["groups"]["default"]["models"] = {"chatty": ["ollama/llama"], "vectors": {"targets": ["ollama/nomic-embed-text"], "kind": "embedding"}}
+    proxy = await start_proxy(config)
+    oc = ollama.AsyncClient(host=proxy.url, headers={"authorization": f"Bearer {ACCESS_KEY}"})
+    assert (await oc.show("vectors")).capabilities == ["embedding"]
+    assert "completion" in (await oc.show("chatty")).capabilities
+    gc = genai.Client(api_key=ACCESS_KEY, http_options=gtypes.HttpOptions(base_url=proxy.url))
+    methods = {m.name: m.supported_actions async for m in await gc.aio.models.list()}
+    assert methods == {"models/chatty": ["generateContent", "streamGenerateContent", "countTokens"],
+                       "models/vectors": ["embedContent", "batchEmbedContents"]}
+
+
+def test_an_unknown_alias_kind_is_a_config_error():
+    from ccproxyd.config import ConfigError, parse_config
+
+    raw = {"providers": {"o": {"protocol": "ollama", "base_url": "http://127.0.0.1:1"}},
+           "groups": {"default": {"models": {"v": {"targets": ["o/x"], "kind": "vector"}}}}}
+    with pytest.raises(ConfigError, match="groups.default.models.v.kind: must be one of chat, embedding"):
+        parse_config(raw, "<t>", env={})

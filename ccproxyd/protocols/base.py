@@ -48,6 +48,8 @@ class ModelInfo:
     vision: bool = False
     owned_by: str = "ccproxyd"
     targets: tuple[str, ...] = field(default_factory=tuple)
+    kind: str = "chat"  # chat | embedding
+    capabilities: tuple[str, ...] | None = None  # an upstream's own word (discovered Ollama models), else derived
 
 
 def bearer_headers(api_key: str | None) -> dict[str, str]:

@@ -19,6 +19,7 @@ from .stream import GeminiStreamEncoder
 from .wire import error_body, error_status
 
 _METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
+_EMBED_METHODS = ["embedContent", "batchEmbedContents"]
 # ccproxyd cannot know an alias's real limits; these are the current Gemini models' and only informative
 _INPUT_TOKEN_LIMIT = 1_048_576
 _OUTPUT_TOKEN_LIMIT = 65_536
@@ -69,7 +70,7 @@ class GeminiAdapter(Adapter):
                     "description": "A ccproxyd model alias",
                     "inputTokenLimit": _INPUT_TOKEN_LIMIT,
                     "outputTokenLimit": _OUTPUT_TOKEN_LIMIT,
-                    "supportedGenerationMethods": list(_METHODS),
+                    "supportedGenerationMethods": list(_EMBED_METHODS if m.kind == "embedding" else _METHODS),
                 }
                 for m in models
             ]

@@ -35,13 +35,22 @@ def encode_model_list(models: list[ModelInfo]) -> dict[str, Any]:
     }
 
 
-def encode_model_info(model: ModelInfo) -> dict[str, Any]:
-    capabilities = ["completion"]
+def capabilities(model: ModelInfo) -> list[str]:
+    """What Ollama clients decide features from: an embedding model only embeds."""
+    if model.capabilities is not None:
+        return list(model.capabilities)
+    if model.kind == "embedding":
+        return ["embedding"]
+    found = ["completion"]
     if model.tools:
-        capabilities.append("tools")
+        found.append("tools")
     if model.vision:
-        capabilities.append("vision")
-    capabilities.append("thinking")
+        found.append("vision")
+    found.append("thinking")
+    return found
+
+
+def encode_model_info(model: ModelInfo) -> dict[str, Any]:
     return {
         "modelfile": f"# served by ccproxyd\nFROM {model.id}\n",
         "parameters": "",
@@ -52,7 +61,7 @@ def encode_model_info(model: ModelInfo) -> dict[str, Any]:
             "general.basename": model.id,
             f"{ARCHITECTURE}.context_length": CONTEXT_LENGTH,
         },
-        "capabilities": capabilities,
+        "capabilities": capabilities(model),
         "modified_at": MODIFIED_AT,
     }
 
