@@ -124,6 +124,10 @@ class Dispatcher:
         client_req = inbound.decode_request(body, route, request.headers)
         record.stream = client_req.stream
         plan = self.plan(config, route, client_req.model, record, key_groups)
+        local = inbound.answer_locally(client_req)
+        if local is not None:
+            record.status = 200
+            return web.Response(body=orjson.dumps(local), content_type="application/json")
         failures: list[ProxyError] = []
         for attempt in plan.attempts:
             outbound = ADAPTERS[attempt.provider.protocol]

@@ -258,7 +258,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             raise NotFound("no MCP servers are configured")
         return await state.mcp.handle(request, route)
     adapter = ADAPTERS[route.protocol or "openai"]
-    if action == "chat":
+    if action in ("chat", "generate", "complete"):
         return await dispatcher.chat(request, route, config, record, key_groups)
     if action in EMBED_ACTIONS:
         return await embed(dispatcher, request, route, config, record, key_groups)

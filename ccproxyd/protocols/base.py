@@ -126,6 +126,10 @@ class Adapter(ABC):
     def encode_version(self) -> dict[str, Any]:
         raise NotFound("this protocol has no version endpoint")
 
+    def answer_locally(self, req: ir.Request) -> dict[str, Any] | None:
+        """An answer the protocol gives without any upstream (Ollama's "model loaded" to an empty prompt)."""
+        return None
+
     # ------------------------------------------------------------ outbound (upstream side)
 
     @abstractmethod

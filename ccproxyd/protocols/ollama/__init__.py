@@ -14,7 +14,7 @@ from ...errors import ProxyError, UpstreamError
 from ...ir_embed import EmbedRequest, EmbedResponse
 from ...paths import Route
 from ..base import Adapter, ModelInfo, UpstreamCall, UpstreamTarget
-from . import embed, inbound, models, outbound, response, stream, wire
+from . import embed, generate, inbound, models, outbound, response, stream, wire
 from .stream import OllamaStreamEncoder
 
 __all__ = ["ADAPTER", "OllamaAdapter", "OllamaStreamEncoder"]
@@ -28,13 +28,22 @@ class OllamaAdapter(Adapter):
     # ------------------------------------------------------------ inbound
 
     def decode_request(self, body: dict[str, Any], route: Route, headers: Mapping[str, str]) -> ir.Request:
+        if route.action == "generate":
+            return generate.decode_request(body)
         return inbound.decode_request(body)
 
     def encode_response(self, resp: ir.Response, req: ir.Request) -> dict[str, Any]:
+        if req.completion is not None:
+            return generate.encode_response(resp, req)
         return response.encode_response(resp, req)
 
     def stream_encoder(self, req: ir.Request, route: Route) -> OllamaStreamEncoder:
+        if req.completion is not None:
+            return generate.stream_encoder(req)
         return OllamaStreamEncoder(req.model, wire.shows_thinking(req))
+
+    def answer_locally(self, req: ir.Request) -> dict[str, Any] | None:
+        return generate.load_reply(req) if req.completion is not None else None
 
     def encode_error(self, err: ProxyError) -> tuple[int, dict[str, Any] | str]:
         return wire.encode_error(err)
@@ -54,6 +63,8 @@ class OllamaAdapter(Adapter):
     # ------------------------------------------------------------ outbound
 
     def encode_request(self, req: ir.Request, target: UpstreamTarget) -> UpstreamCall:
+        if req.completion is not None:  # /api/generate and /v1/completions stay prompt completions
+            return generate.encode_request(req, target)
         return outbound.encode_request(req, target)
 
     def decode_response(self, body: bytes) -> ir.Response:
