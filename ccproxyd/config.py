@@ -142,6 +142,7 @@ class Server:
     image_fetch_max_bytes: int = 20 * 1024 * 1024
     image_fetch_timeout: float = 15
     image_fetch_allow_private: bool = False
+    ollama_version: str = ""  # what /api/version reports; empty: the Ollama adapter's default
 
     @property
     def host(self) -> str:
@@ -332,6 +333,7 @@ def _read_server(r: _Reader, raw: Any) -> Server:
         image_fetch_max_bytes=g("image_fetch_max_bytes", int, _at_least(1)),
         image_fetch_timeout=g("image_fetch_timeout", (int, float), _at_least(0.1)),
         image_fetch_allow_private=g("image_fetch_allow_private", bool),
+        ollama_version=g("ollama_version", str, lambda v: None if re.match(r"^\d+\.\d+\.\d+", v) else f"expected a version like 0.13.5, got {v!r}"),
     )
 
 

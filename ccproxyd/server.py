@@ -27,6 +27,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from . import __version__
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
 from .dispatch import Dispatcher
+from . import ollama_api
 from .embeddings import EMBED_ACTIONS, embed
 from .errors import AuthError, NotFound, ProxyError, RateLimited
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
@@ -245,8 +246,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     dispatcher = state.dispatcher
     if request.method == "OPTIONS":
         return web.Response(status=204)
-    if action == "root":
-        return web.Response(text="ccproxyd is running")
+    if action == "root":  # Ollama clients probe it and expect this text
+        return web.Response(text="Ollama is running")
     if action == "health":
         return _health(request, state)
     if action == "metrics":
@@ -269,7 +270,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
     elif action == "show":
         body = await dispatcher.show(request, route, config, key_groups)
     elif action == "version":
-        body = adapter.encode_version()
+        body = adapter.encode_version(config.server.ollama_version or None)
+    elif action == "ps":
+        body = ollama_api.running(dispatcher, config, route, key_groups)
+    elif action == "pull":
+        return await ollama_api.pull(request, route, config, key_groups)
+    elif action == "model_store":
+        ollama_api.model_store(request)
     else:
         raise NotFound(f"no such endpoint: {request.path}")
     record.status = 200

@@ -123,7 +123,8 @@ class Adapter(ABC):
         model = body.get("model")
         return model if isinstance(model, str) else None
 
-    def encode_version(self) -> dict[str, Any]:
+    def encode_version(self, version: str | None = None) -> dict[str, Any]:
+        """``version``: what to report (``server.ollama_version``); None: the adapter's default."""
         raise NotFound("this protocol has no version endpoint")
 
     def answer_locally(self, req: ir.Request) -> dict[str, Any] | None:

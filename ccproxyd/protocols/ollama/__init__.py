@@ -57,8 +57,8 @@ class OllamaAdapter(Adapter):
     def model_from_body(self, body: dict[str, Any]) -> str | None:
         return models.model_from_body(body)
 
-    def encode_version(self) -> dict[str, Any]:
-        return models.encode_version()
+    def encode_version(self, version: str | None = None) -> dict[str, Any]:
+        return models.encode_version(version)
 
     # ------------------------------------------------------------ outbound
 

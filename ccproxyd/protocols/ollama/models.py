@@ -13,10 +13,13 @@ from typing import Any
 
 from ..base import ModelInfo
 
-VERSION = "0.13.0"  # new enough for clients that check for tool-call ids and thinking levels
+# Reported by /api/version (server.ollama_version overrides it): clients refuse servers they find too old
+# (Codex CLI --oss needs 0.13.4 or later).
+VERSION = "0.13.5"
 ARCHITECTURE = "ccproxyd"
 CONTEXT_LENGTH = 131072  # upstream windows are unknown here; most current chat models take this
 MODIFIED_AT = "2025-01-01T00:00:00Z"
+EXPIRES_AT = "2099-01-01T00:00:00Z"
 
 
 def encode_model_list(models: list[ModelInfo]) -> dict[str, Any]:
@@ -66,8 +69,34 @@ def encode_model_info(model: ModelInfo) -> dict[str, Any]:
     }
 
 
-def encode_version() -> dict[str, Any]:
-    return {"version": VERSION}
+def encode_version(version: str | None = None) -> dict[str, Any]:
+    return {"version": version or VERSION}
+
+
+def encode_running_list(models: list[ModelInfo]) -> dict[str, Any]:
+    """``/api/ps``: every model "loaded", for as long as ccproxyd runs."""
+    return {
+        "models": [
+            {
+                "name": m.id,
+                "model": m.id,
+                "size": 0,
+                "digest": _digest(m.id),
+                "details": _details(m),
+                "expires_at": EXPIRES_AT,
+                "size_vram": 0,
+                "context_length": CONTEXT_LENGTH,
+            }
+            for m in models
+        ]
+    }
+
+
+def pull_lines(stream: bool) -> list[dict[str, Any]]:
+    """What Ollama answers a pull of a model it already has, ending in ``{"status": "success"}``."""
+    if not stream:
+        return [{"status": "success"}]
+    return [{"status": "pulling manifest"}, {"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
 
 
 def model_from_body(body: dict[str, Any]) -> str | None:
