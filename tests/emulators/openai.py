@@ -35,6 +35,7 @@ class OpenAIEmulator(Emulator):
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_get("/v1/models", self.models)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
+        self.app.router.add_post("/v1/completions", self.text_completion)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "gpt-emu", "object": "model", "created": 0, "owned_by": "emulator"}]})
@@ -192,6 +193,38 @@ class OpenAIEmulator(Emulator):
         await send({}, _FINISH[reply.finish_reason])
         if include_usage:
             await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": self.usage(reply)}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def text_completion(self, request: web.Request) -> web.StreamResponse:
+        """The legacy completions API: ``prompt`` (+ ``suffix``) → ``text_completion`` objects whose
+        choices carry ``text``; streamed as SSE chunks of the same object, then ``[DONE]``."""
+        body = await self.record(request)
+        if not request.headers.get("authorization", "").startswith("Bearer "):
+            return web.json_response(error_body(401, "You didn't provide an API key."), status=401)
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return web.json_response(error_body(400, "you must provide a model parameter"), status=400)
+        if not isinstance(body.get("prompt", ""), (str, list)):
+            return web.json_response(error_body(400, "'$.prompt' is invalid.", "prompt"), status=400)
+        if "messages" in body:
+            return web.json_response(error_body(400, "Unrecognized request argument supplied: messages"), status=400)
+        reply = self.next_reply()
+        if reply.error_status:
+            return web.json_response(error_body(reply.error_status, reply.error_message), status=reply.error_status)
+        base = {"id": "cmpl-emu789", "object": "text_completion", "created": int(time.time()), "model": body["model"]}
+        finish = _FINISH[reply.finish_reason]
+        usage = {k: v for k, v in self.usage(reply).items() if k.endswith("tokens")}
+        if not body.get("stream"):
+            return web.json_response({**base, "choices": [{"text": reply.text, "index": 0, "logprobs": None, "finish_reason": finish}], "usage": usage})
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
+        await resp.prepare(request)
+        pieces = [(p, None) for p in reply.text_pieces()] + [("", finish)]
+        for text, why in pieces:
+            chunk = {**base, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": why}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await self.pause(reply)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
 
