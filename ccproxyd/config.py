@@ -54,6 +54,7 @@ class Provider:
     proxy: str | None = None
     verify_tls: bool = True
     timeouts: Timeouts = Timeouts()
+    discover: bool = False  # list the upstream's own models under the pattern aliases that target it
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,7 @@ class Server:
     image_fetch_timeout: float = 15
     image_fetch_allow_private: bool = False
     ollama_version: str = ""  # what /api/version reports; empty: the Ollama adapter's default
+    discovery_ttl: float = 600  # seconds an upstream's discovered model list is used before it is fetched again
 
     @property
     def host(self) -> str:
@@ -333,6 +335,7 @@ def _read_server(r: _Reader, raw: Any) -> Server:
         image_fetch_max_bytes=g("image_fetch_max_bytes", int, _at_least(1)),
         image_fetch_timeout=g("image_fetch_timeout", (int, float), _at_least(0.1)),
         image_fetch_allow_private=g("image_fetch_allow_private", bool),
+        discovery_ttl=g("discovery_ttl", (int, float), _at_least(1)),
         ollama_version=g("ollama_version", str, lambda v: None if re.match(r"^\d+\.\d+\.\d+", v) else f"expected a version like 0.13.5, got {v!r}"),
     )
 
@@ -400,6 +403,7 @@ def _read_provider(r: _Reader, name: str, raw: Any) -> Provider | None:
         proxy=proxy,
         verify_tls=g("verify_tls", bool),
         timeouts=_read_timeouts(r, f"{where}.timeouts", t.get("timeouts")),
+        discover=g("discover", bool),
     )
 
 

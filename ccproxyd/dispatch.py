@@ -23,6 +23,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from . import ir
 from .compat import parse_stream, prepare_request
 from .config import Config, Group
+from .discovery import Discovery
 from .errors import (
     BadGateway,
     ClientError,
@@ -39,7 +40,7 @@ from .observe import BodyLog, RequestRecord, redact_secrets
 from .paths import Route
 from .protocols import ADAPTERS
 from .protocols.base import Adapter, ModelInfo, UpstreamTarget
-from .routing import Attempt, AttemptPlan, Router, is_retryable, resolve_alias, resolve_group
+from .routing import Attempt, AttemptPlan, Router, bind_model, is_retryable, resolve_alias, resolve_group
 from .shaping import finish_call, shape_request, use_compat
 from .streams import FrameTooLarge
 from .upstream import UpstreamClient, parse_retry_after
@@ -104,12 +105,13 @@ class Dispatcher:
         self.router = router
         self.upstream = upstream
         self.body_log = body_log  # the client side of server.log_bodies (the upstream side is logged by the client)
+        self.discovery = Discovery(upstream)
 
     # ------------------------------------------------------------ planning
 
     def plan(self, config: Config, route: Route, model: str, record: RequestRecord, key_groups: tuple[str, ...] = ()) -> Plan:
         group, alias_name = _allowed_group(config, route, model, key_groups)
-        alias = resolve_alias(group, alias_name)
+        alias = bind_model(resolve_alias(group, alias_name), alias_name)
         record.group, record.alias = group.name, alias_name
         return Plan(group, alias_name, self.router.plan(config, group, alias))
 
@@ -311,7 +313,9 @@ class Dispatcher:
 
     def model_infos(self, config: Config, route: Route, key_groups: tuple[str, ...]) -> list[ModelInfo]:
         group, _ = _allowed_group(config, route, "", key_groups)
-        return [self._info(config, a) for a in group.aliases if not a.is_pattern]
+        infos = [self._info(config, a) for a in group.aliases if not a.is_pattern]
+        named = {i.id for i in infos}
+        return infos + [i for i in self.discovery.listed(config, group) if i.id not in named]
 
     @staticmethod
     def _info(config: Config, alias: Any) -> ModelInfo:
@@ -327,7 +331,7 @@ class Dispatcher:
             raise ClientError("model is required", param="model")
         group, name = _allowed_group(config, route, model, key_groups)
         alias = resolve_alias(group, name)
-        info = self._info(config, alias)
+        info = self.discovery.find(config, alias, name) or self._info(config, alias)
         info.id = name
         return adapter.encode_model_info(info)
 

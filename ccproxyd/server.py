@@ -382,6 +382,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_mcp_ctx)
+    app.cleanup_ctx.append(_discovery_ctx)
     app.on_shutdown.append(_mcp_shutdown)
     return app
 
@@ -422,6 +423,14 @@ async def _metrics_ctx(app: web.Application):  # type: ignore[no-untyped-def]
 async def _upstream_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     yield
     await app[STATE].upstream.close()
+
+
+async def _discovery_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """Upstream model lists start loading with the app, so the first model list already has them."""
+    discovery = app[STATE].dispatcher.discovery
+    discovery.start(app[STATE].config)
+    yield
+    await discovery.close()
 
 
 async def _mcp_ctx(app: web.Application):  # type: ignore[no-untyped-def]

@@ -155,6 +155,22 @@ class Adapter(ABC):
     def decode_count_tokens(self, body: bytes) -> int:
         raise NotImplementedError
 
+    # ------------------------------------------------------------ model discovery (see discovery.py)
+
+    def encode_list_models_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        """A GET of the upstream's own model list; None when the protocol has none."""
+        return None
+
+    def decode_list_models(self, body: bytes) -> list[ModelInfo]:
+        raise NotImplementedError
+
+    def encode_show_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        """One model's details, when the list leaves out its capabilities (Ollama /api/show); None: not needed."""
+        return None
+
+    def decode_show_capabilities(self, body: bytes) -> tuple[str, ...] | None:
+        return None
+
     # ------------------------------------------------------------ embeddings (see embeddings.py)
 
     def decode_embed_request(self, body: dict[str, Any], route: Route) -> EmbedRequest:

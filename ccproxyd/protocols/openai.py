@@ -14,7 +14,7 @@ from ..paths import Route
 from ..streams import iter_sse, sse_frame
 from . import openai_completions, openai_embed
 from ..ir_embed import EmbedRequest, EmbedResponse
-from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
+from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget, bearer_headers
 from .fields import check, integer, number, opt, req, split_data_url, string_list
 
 FINISH_FROM_OPENAI: dict[str, ir.FinishReason] = {
@@ -394,6 +394,11 @@ class CompletionStreamEncoder(OpenAIStreamEncoder):
         return super().encode(event)
 
 
+def _kind_by_name(model: str) -> str:
+    """OpenAI's list says nothing of what a model does; its embedding models say it in their names."""
+    return "embedding" if "embed" in model else "chat"
+
+
 def _error_body(err: ProxyError) -> dict[str, Any]:
     return {"error": {"message": err.message, "type": ERROR_TYPES.get(err.kind, "server_error"), "param": err.param, "code": err.kind}}
 
@@ -594,6 +599,15 @@ class OpenAIAdapter(Adapter):
         except orjson.JSONDecodeError:
             pass
         return UpstreamError(status, kind, message)
+
+    # ------------------------------------------------------------ model discovery
+
+    def encode_list_models_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        return UpstreamCall(f"{target.provider.base_url}/models", bearer_headers(target.api_key), {}, False, "GET")
+
+    def decode_list_models(self, body: bytes) -> list[ModelInfo]:
+        data = orjson.loads(body).get("data")
+        return [ModelInfo(m["id"], kind=_kind_by_name(m["id"])) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
     # ------------------------------------------------------------ embeddings
 

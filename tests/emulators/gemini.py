@@ -591,7 +591,8 @@ class GeminiEmulator(Emulator):
                     "description": f"Emulated {name}",
                     "inputTokenLimit": 1048576,
                     "outputTokenLimit": 65536,
-                    "supportedGenerationMethods": ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"],
+                    "supportedGenerationMethods": ["embedContent", "countTokens", "asyncBatchEmbedContent"] if "embedding" in name
+                    else ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"],
                     "temperature": 1,
                     "topP": 0.95,
                     "topK": 64,

@@ -97,7 +97,8 @@ class OllamaEmulator(Emulator):
             "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
                         "parameter_size": "3.2B", "quantization_level": "Q4_K_M"},
             "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
-            "capabilities": ["completion", "tools"], "modified_at": "2025-05-01T10:00:00.000000Z",
+            "capabilities": ["embedding"] if "embed" in name else ["completion", "tools"],
+            "modified_at": "2025-05-01T10:00:00.000000Z",
         })
 
     # ------------------------------------------------------------ embeddings

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Mapping
 
+import orjson
+
 from ... import ir
 from ...errors import ClientError, ProxyError, UpstreamError
 from ...ir_embed import EmbedRequest, EmbedResponse
@@ -112,6 +114,22 @@ class GeminiAdapter(Adapter):
 
     def decode_count_tokens(self, body: bytes) -> int:
         return response.decode_count_tokens(body)
+
+    # ------------------------------------------------------------ model discovery
+
+    def encode_list_models_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        return UpstreamCall(f"{target.provider.base_url}/v1beta/models?pageSize=1000", self._headers(target), {}, False, "GET")
+
+    def decode_list_models(self, body: bytes) -> list[ModelInfo]:
+        """``supportedGenerationMethods`` tells embedding models (embedContent only) from the others."""
+        found = []
+        for m in orjson.loads(body).get("models") or ():
+            if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+                continue
+            methods = m.get("supportedGenerationMethods") or []
+            kind = "embedding" if "generateContent" not in methods and any("mbed" in x for x in methods) else "chat"
+            found.append(ModelInfo(_model_path(m["name"]), vision=kind == "chat", kind=kind))
+        return found
 
     # ------------------------------------------------------------ embeddings
 

@@ -13,7 +13,7 @@ from ... import ir
 from ...errors import ProxyError, UpstreamError
 from ...ir_embed import EmbedRequest, EmbedResponse
 from ...paths import Route
-from ..base import Adapter, ModelInfo, UpstreamCall, UpstreamTarget
+from ..base import Adapter, ModelInfo, UpstreamCall, UpstreamTarget, bearer_headers
 from . import embed, generate, inbound, models, outbound, response, stream, wire
 from .stream import OllamaStreamEncoder
 
@@ -75,6 +75,20 @@ class OllamaAdapter(Adapter):
 
     def decode_error(self, status: int, body: bytes) -> UpstreamError:
         return wire.decode_error(status, body)
+
+    # ------------------------------------------------------------ model discovery
+
+    def encode_list_models_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        return UpstreamCall(f"{target.provider.base_url}/api/tags", bearer_headers(target.api_key), {}, False, "GET")
+
+    def decode_list_models(self, body: bytes) -> list[ModelInfo]:
+        return models.decode_model_list(body)
+
+    def encode_show_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        return UpstreamCall(f"{target.provider.base_url}/api/show", bearer_headers(target.api_key), {"model": target.model}, False)
+
+    def decode_show_capabilities(self, body: bytes) -> tuple[str, ...] | None:
+        return models.decode_capabilities(body)
 
     # ------------------------------------------------------------ embeddings
 

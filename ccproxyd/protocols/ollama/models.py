@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import orjson
+
 from ..base import ModelInfo
 
 # Reported by /api/version (server.ollama_version overrides it): clients refuse servers they find too old
@@ -97,6 +99,24 @@ def pull_lines(stream: bool) -> list[dict[str, Any]]:
     if not stream:
         return [{"status": "success"}]
     return [{"status": "pulling manifest"}, {"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
+
+
+def decode_model_list(body: bytes) -> list[ModelInfo]:
+    """An upstream's ``/api/tags``: names only; capabilities come from its ``/api/show``."""
+    found = []
+    for m in orjson.loads(body).get("models") or ():
+        name = m.get("model") or m.get("name") if isinstance(m, dict) else None
+        if isinstance(name, str) and name:
+            family = (m.get("details") or {}).get("family") if isinstance(m.get("details"), dict) else None
+            found.append(ModelInfo(name, owned_by=family if isinstance(family, str) and family else "ollama"))
+    return found
+
+
+def decode_capabilities(body: bytes) -> tuple[str, ...] | None:
+    capabilities = orjson.loads(body).get("capabilities")
+    if isinstance(capabilities, list) and all(isinstance(c, str) for c in capabilities):
+        return tuple(capabilities)
+    return None
 
 
 def model_from_body(body: dict[str, Any]) -> str | None:
