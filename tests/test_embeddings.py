@@ -233,3 +233,52 @@ def test_an_unknown_alias_kind_is_a_config_error():
            "groups": {"default": {"models": {"v": {"targets": ["o/x"], "kind": "vector"}}}}}
     with pytest.raises(ConfigError, match="groups.default.models.v.kind: must be one of chat, embedding"):
         parse_config(raw, "<t>", env={})
+
+
+async def test_a_rejected_key_rotates_to_the_next_as_for_chat(aiohttp_server, start_proxy):
+    from tests.conftest import Upstream
+    from tests.emulators.ollama import OllamaEmulator
+
+    emulator = OllamaEmulator(api_key="good-key")
+    server = await aiohttp_server(emulator.app)
+    config = proxy_config([Upstream("ollama", emulator, str(server.make_url("")).rstrip("/"))])
+    config["providers"]["ollama"]["api_keys"] = ["bad-key", "good-key"]
+    config["groups"]["default"]["models"] = {"emb": ["ollama/nomic"]}
+    proxy = await start_proxy(config)
+    for _ in range(2):
+        assert close((await embed_with("openai", proxy.url, "emb", ["k"]))[0], vector_for("k"))
+    keys = [r.headers["authorization"] for r in emulator.received]
+    assert keys == ["Bearer bad-key", "Bearer good-key", "Bearer good-key"]  # the rejected key cools down
+
+
+async def test_usage_reaches_the_stats(start_upstream, start_proxy, tmp_path):
+    import asyncio
+    import sqlite3
+
+    upstream = await start_upstream("openai")
+    config = proxy_config([upstream], server={"stats": True, "state_dir": str(tmp_path)})
+    config["groups"]["default"]["models"] = {"emb": ["openai/text-embedding-3-small"]}
+    proxy = await start_proxy(config)
+    await embed_with("ollama", proxy.url, "emb", ["four words are here", "two more"])
+    assert await asyncio.to_thread(proxy.state.stats.flush)
+    db = sqlite3.connect(proxy.state.stats.path)
+    try:
+        row = db.execute("SELECT action, protocol, upstream_protocol, alias, input_tokens, status FROM requests").fetchone()
+    finally:
+        db.close()
+    assert row == ("embed", "ollama", "openai", "emb", 6, 200)
+
+
+async def test_through_a_real_daemon(start_upstream, run_daemon):
+    import asyncio
+
+    upstream = await start_upstream("gemini")
+    config = proxy_config([upstream])
+    config["groups"]["default"]["models"] = {"vec": {"targets": ["gemini/text-embedding-004"], "kind": "embedding"}}
+    daemon = await asyncio.to_thread(run_daemon, config)
+    for client in CLIENTS:
+        vectors = await embed_with(client, daemon.url, "vec", TEXTS, dims=5)
+        assert all(close(v, vector_for(t, 5)) for t, v in zip(TEXTS, vectors)), client
+    async with aiohttp.ClientSession() as s:  # under /{group}/ too
+        async with s.post(f"{daemon.url}/default/api/embed", json={"model": "vec", "input": "g"}, headers={"authorization": f"Bearer {ACCESS_KEY}"}) as r:
+            assert close((await r.json())["embeddings"][0], vector_for("g"))
