@@ -62,13 +62,15 @@ async def test_generate_with_think(proxy_for, protocol, stream):
         assert user_text(body) == "Why is the sky blue?"
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-async def test_generate_with_suffix_is_fill_in_the_middle(proxy_for, protocol):
+async def test_generate_with_suffix_is_fill_in_the_middle(proxy_for, protocol, stream):
     client, emulator, _ = await proxy_for(protocol)
     emulator.script(Reply(text="a + b"))
-    resp = await client.generate(model=f"m-{protocol}", prompt="def add(a, b):\n    return ", suffix="\n\nprint(add(1, 2))",
-                                 system="You complete Python.", options={"temperature": 0.2, "num_predict": 64}, stream=False)
-    assert resp.response == "a + b"
+    answer = await client.generate(model=f"m-{protocol}", prompt="def add(a, b):\n    return ", suffix="\n\nprint(add(1, 2))",
+                                   system="You complete Python.", options={"temperature": 0.2, "num_predict": 64}, stream=stream)
+    text = "".join([line.response async for line in answer]) if stream else answer.response
+    assert text == "a + b"
     body = emulator.last.body
     if protocol == "ollama":
         assert (body["prompt"], body["suffix"], body["system"]) == ("def add(a, b):\n    return ", "\n\nprint(add(1, 2))", "You complete Python.")
