@@ -10,10 +10,10 @@ import orjson
 
 from .. import ir
 from ..errors import ClientError, ProxyError, UpstreamError
+from ..ir_embed import EmbedRequest, EmbedResponse
 from ..paths import Route
 from ..streams import iter_sse, sse_frame
 from . import openai_completions, openai_embed
-from ..ir_embed import EmbedRequest, EmbedResponse
 from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget, bearer_headers
 from .fields import check, integer, number, opt, req, split_data_url, string_list
 
