@@ -46,6 +46,9 @@ async def embed(
             "which has no embeddings API; point the alias at an OpenAI, Gemini or Ollama embedding model",
             param="model",
         )
+    if not client_req.inputs:  # Ollama's legacy endpoint with an empty prompt: no upstream is asked
+        record.status = 200
+        return web.Response(body=orjson.dumps(inbound.encode_embed_response(EmbedResponse([]), client_req, route)), content_type="application/json")
     failures: list[ProxyError] = []
     for attempt in plan.attempts:
         outbound = ADAPTERS[attempt.provider.protocol]

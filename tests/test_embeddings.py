@@ -138,10 +138,12 @@ async def test_gemini_embed_content_single_and_task_type(embedding_proxy):
 
 
 async def test_ollama_legacy_embeddings_and_usage(embedding_proxy):
-    proxy, _ = embedding_proxy
+    proxy, emulators = embedding_proxy
     oc = ollama.AsyncClient(host=proxy.url, headers={"authorization": f"Bearer {ACCESS_KEY}"})
     resp = await oc.embeddings(model="vec-g", prompt="legacy prompt")
     assert close(list(resp.embedding), vector_for("legacy prompt"))
+    assert list((await oc.embeddings(model="vec-o", prompt="")).embedding) == []  # as Ollama answers, without an upstream
+    assert not emulators["openai"].received
     resp = await oc.embed(model="vec-l", input="x y")
     assert resp.prompt_eval_count == 2 and resp.total_duration  # the Ollama upstream's own counts and timings
 

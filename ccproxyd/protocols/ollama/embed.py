@@ -24,7 +24,8 @@ _TIMINGS = ("total_duration", "load_duration")
 def decode_request(body: dict[str, Any], legacy: bool) -> EmbedRequest:
     model = req(body, "model", str)
     if legacy:
-        inputs = [check(body.get("prompt", ""), str, "prompt")]  # Ollama answers an empty prompt with an empty vector
+        prompt = check(body.get("prompt", ""), str, "prompt")
+        inputs = [prompt] if prompt else []  # nothing to embed: Ollama answers an empty vector
     else:
         raw = req(body, "input", (str, list))
         inputs = [raw] if isinstance(raw, str) else [check(t, str, f"input[{i}]") for i, t in enumerate(raw)]
