@@ -9,13 +9,15 @@ be listed is logged once and left out, and a slow one never delays a model list.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import urllib.request
 
-import httpx
 import ollama
 import openai
 import pytest
+import aiohttp
 from aiohttp import web
 
 from tests.conftest import ACCESS_KEY, Upstream, proxy_config
@@ -33,11 +35,17 @@ async def served(aiohttp_server, emulator, protocol: str) -> Upstream:
     return Upstream(protocol, emulator, str(server.make_url("")).rstrip("/"))
 
 
+async def get_json(session: aiohttp.ClientSession, path: str, **kwargs) -> dict:
+    async with session.get(path, **kwargs) as r:
+        return await r.json()
+
+
 def wait_until_listed(url: str, want: int, path: str = "/api/tags") -> list[str]:
     """Model names once discovery has filled the list (bounded: discovery runs at start)."""
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        names = [m.get("name") or m.get("id") for m in httpx.get(url + path, headers=AUTH).json().get("models" if "api" in path else "data")]
+        with urllib.request.urlopen(urllib.request.Request(url + path, headers=AUTH), timeout=5) as r:
+            names = [m.get("name") or m.get("id") for m in json.load(r).get("models" if "api" in path else "data")]
         if len(names) >= want:
             return names
         time.sleep(0.05)  # poll interval while the background fetch completes
@@ -93,11 +101,11 @@ async def test_pattern_aliases_list_only_matching_models_of_each_protocol(aiohtt
     proxy = await start_proxy(config)
     discovery = proxy.state.dispatcher.discovery
     await asyncio.gather(*discovery.refreshing.values())
-    async with httpx.AsyncClient(base_url=proxy.url, headers=AUTH) as c:
-        data = (await c.get("/v1/models")).json()["data"]
+    async with aiohttp.ClientSession(proxy.url, headers=AUTH) as c:
+        data = (await get_json(c, "/v1/models"))["data"]
         assert [m["id"] for m in data] == ["fast", "gemini-2.5-flash", "gemini-2.5-pro", "claude-sonnet-4-5-20250929", "text-embedding-004",
                                            "gpt-emu"]
-        gemini_list = (await c.get("/v1beta/models", headers={"x-goog-api-key": ACCESS_KEY})).json()["models"]
+        gemini_list = (await get_json(c, "/v1beta/models", headers={"x-goog-api-key": ACCESS_KEY}))["models"]
         methods = {m["name"]: m["supportedGenerationMethods"] for m in gemini_list}
         assert methods["models/text-embedding-004"] == ["embedContent", "batchEmbedContents"]
         assert methods["models/gemini-2.5-pro"][0] == "generateContent"
@@ -114,10 +122,10 @@ async def test_a_provider_that_cannot_be_listed_is_logged_once_and_left_out(star
     now = [1000.0]
     discovery.clock = lambda: now[0]
     caplog.set_level(logging.WARNING, "ccproxyd.discovery")
-    async with httpx.AsyncClient(base_url=proxy.url, headers=AUTH) as c:
+    async with aiohttp.ClientSession(proxy.url, headers=AUTH) as c:
         for _ in range(3):
             await asyncio.gather(*discovery.refreshing.values())
-            assert [m["id"] for m in (await c.get("/v1/models")).json()["data"]] == ["m"]
+            assert [m["id"] for m in (await get_json(c, "/v1/models"))["data"]] == ["m"]
             now[0] += 10_000  # past the TTL: the next list starts another fetch
     warnings = [r.getMessage() for r in caplog.records if r.name == "ccproxyd.discovery"]
     assert len(warnings) == 1 and "cannot list the models of provider dead" in warnings[0]
@@ -141,11 +149,11 @@ async def test_a_slow_model_list_never_delays_a_request(aiohttp_server, start_pr
     config["providers"]["slow"] = {"protocol": "ollama", "base_url": str(server.make_url("")).rstrip("/")}
     config["groups"] = {"default": {"models": {"*": ["slow/*"]}}}
     proxy = await start_proxy(config)
-    async with httpx.AsyncClient(base_url=proxy.url, headers=AUTH, timeout=5) as c:
-        assert (await c.get("/api/tags")).json() == {"models": []}  # answered while the upstream still hangs
+    async with aiohttp.ClientSession(proxy.url, headers=AUTH, timeout=aiohttp.ClientTimeout(total=5)) as c:
+        assert await get_json(c, "/api/tags") == {"models": []}  # answered while the upstream still hangs
         release.set()
         await asyncio.gather(*proxy.state.dispatcher.discovery.refreshing.values())
-        assert [m["name"] for m in (await c.get("/api/tags")).json()["models"]] == ["late:latest"]
+        assert [m["name"] for m in (await get_json(c, "/api/tags"))["models"]] == ["late:latest"]
 
 
 def test_discover_must_be_a_boolean():

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import httpx
+import aiohttp
 import ollama
 import pytest
 
@@ -21,12 +21,13 @@ async def daemon(start_upstream, run_daemon):
 
 
 async def test_root_and_version(daemon):
-    async with httpx.AsyncClient(base_url=daemon.url) as c:
-        for method in ("GET", "HEAD"):
-            r = await c.request(method, "/")
-            assert r.status_code == 200
-        assert (await c.get("/")).text == "Ollama is running"
-        assert (await c.get("/api/version", headers=AUTH)).json() == {"version": "0.14.1"}
+    async with aiohttp.ClientSession(daemon.url) as c:
+        async with c.head("/") as r:
+            assert r.status == 200
+        async with c.get("/") as r:
+            assert r.status == 200 and await r.text() == "Ollama is running"
+        async with c.get("/api/version", headers=AUTH) as r:
+            assert await r.json() == {"version": "0.14.1"}
 
 
 async def test_ps_lists_the_aliases_as_running(daemon):
@@ -65,11 +66,12 @@ async def test_model_store_endpoints_are_403_in_ollamas_shape(daemon, call):
 
 
 async def test_blobs_are_403_too(daemon):
-    async with httpx.AsyncClient(base_url=daemon.url, headers=AUTH) as c:
+    async with aiohttp.ClientSession(daemon.url, headers=AUTH) as c:
         for method in ("HEAD", "POST"):
-            r = await c.request(method, "/api/blobs/sha256:" + "0" * 64)
-            assert r.status_code == 403
-        assert "no model store" in (await c.post("/api/blobs/sha256:00")).json()["error"]
+            async with c.request(method, "/api/blobs/sha256:" + "0" * 64) as r:
+                assert r.status == 403
+        async with c.post("/api/blobs/sha256:00") as r:
+            assert "no model store" in (await r.json())["error"]
 
 
 def test_a_bad_ollama_version_is_a_config_error():
