@@ -23,6 +23,7 @@ UPSTREAM_PROTOCOLS = (*PROTOCOLS, "demo")  # demo: answered inside ccproxyd (pro
 DEMO_BASE_URL = "demo://ccproxyd"
 KEY_ROLES = ("user", "admin")
 STRATEGIES = ("round_robin", "weighted", "priority")
+ALIAS_KINDS = ("chat", "embedding")
 DEFAULT_LISTEN = "127.0.0.1:11435"
 
 
@@ -70,6 +71,7 @@ class Provider:
     verify_tls: bool = True
     timeouts: Timeouts = Timeouts()
     pacing: Pacing = Pacing()
+    discover: bool = False  # list the upstream's own models under the pattern aliases that target it
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,7 @@ class Alias:
     targets: tuple[Target, ...]
     strategy: str | None = None  # None: the group's
     is_pattern: bool = False
+    kind: str = "chat"  # chat | embedding: what model lists and /api/show report
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +232,8 @@ class Server:
     image_fetch_max_bytes: int = 20 * 1024 * 1024
     image_fetch_timeout: float = 15
     image_fetch_allow_private: bool = False
+    ollama_version: str = ""  # what /api/version reports; empty: the Ollama adapter's default
+    discovery_ttl: float = 600  # seconds an upstream's discovered model list is used before it is fetched again
 
     @property
     def host(self) -> str:
@@ -424,6 +429,8 @@ def _read_server(r: _Reader, raw: Any) -> Server:
         image_fetch_max_bytes=g("image_fetch_max_bytes", int, _at_least(1)),
         image_fetch_timeout=g("image_fetch_timeout", (int, float), _at_least(0.1)),
         image_fetch_allow_private=g("image_fetch_allow_private", bool),
+        discovery_ttl=g("discovery_ttl", (int, float), _at_least(1)),
+        ollama_version=g("ollama_version", str, lambda v: None if re.match(r"^\d+\.\d+\.\d+", v) else f"expected a version like 0.13.5, got {v!r}"),
     )
 
 
@@ -534,6 +541,7 @@ def _read_provider(r: _Reader, name: str, raw: Any) -> Provider | None:
         verify_tls=g("verify_tls", bool),
         timeouts=_read_timeouts(r, f"{where}.timeouts", t.get("timeouts")),
         pacing=_read_pacing(r, where, t),
+        discover=g("discover", bool),
     )
 
 
@@ -580,13 +588,14 @@ def _read_group(r: _Reader, name: str, raw: Any, providers: dict[str, Any]) -> G
     models = r.get(where, t, "models", dict, {})
     for alias, value in models.items():
         at = f"{where}.models.{alias}"
-        strategy = None
+        strategy, kind = None, "chat"
         if isinstance(value, dict):
-            vt = r.table(at, value, {"targets", "strategy"})
+            vt = r.table(at, value, {"targets", "strategy", "kind"})
             strategy = r.get(at, vt, "strategy", str, None, _one_of(STRATEGIES))
+            kind = r.get(at, vt, "kind", str, "chat", _one_of(ALIAS_KINDS))
             value = vt.get("targets")
         targets = _read_targets(r, at, value, providers)
-        aliases.append(Alias(alias, targets, strategy, any(c in alias for c in "*?[")))
+        aliases.append(Alias(alias, targets, strategy, any(c in alias for c in "*?["), kind))
     ratio = g("temperature_ratio", (int, float), _at_least(0))
     return Group(
         name=name,

@@ -24,6 +24,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from . import ir, rules
 from .compat import parse_stream, prepare_request
 from .config import Config, Group
+from .discovery import Discovery
 from .errors import (
     BadGateway,
     ClientError,
@@ -41,7 +42,7 @@ from .observe import BodyLog, RequestRecord, redact_secrets
 from .paths import Route
 from .protocols import ADAPTERS
 from .protocols.base import Adapter, ModelInfo, UpstreamTarget
-from .routing import Attempt, AttemptPlan, Router, is_retryable, resolve_alias, resolve_group
+from .routing import Attempt, AttemptPlan, Router, bind_model, is_retryable, resolve_alias, resolve_group
 from .shaping import finish_call, shape_request, use_compat
 from .state import LocalState
 from .streams import FrameTooLarge
@@ -126,6 +127,7 @@ class Dispatcher:
         self.upstream = upstream
         self.pacer = pacer or Pacer(LocalState())
         self.body_log = body_log  # the client side of server.log_bodies (the upstream side is logged by the client)
+        self.discovery = Discovery(upstream)
 
     # ------------------------------------------------------------ planning
 
@@ -141,7 +143,7 @@ class Dispatcher:
         if group.routes and client_req is not None and forced is None and alias_name == model:
             rule = rules.choose(group.routes, client_req, route.protocol)
             alias_name = rule.use if rule is not None else alias_name
-        alias = resolve_alias(group, alias_name)
+        alias = bind_model(resolve_alias(group, alias_name), alias_name)
         record.group, record.alias, record.route = group.name, requested, rule.label if rule is not None else None
         return Plan(group, alias_name, self.router.plan(config, group, alias))
 
@@ -156,6 +158,10 @@ class Dispatcher:
         client_req = inbound.decode_request(body, route, request.headers)
         record.stream = client_req.stream
         plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
+        local = inbound.answer_locally(client_req)
+        if local is not None:
+            record.status = 200
+            return web.Response(body=orjson.dumps(local), content_type="application/json")
         failures: list[ProxyError] = []
         paced = _Paced()
         async for attempt in self._within_pace(plan.attempts, config, request.content_length, record, paced):
@@ -172,12 +178,8 @@ class Dispatcher:
                     else:
                         response = await self._collect(events, client_req, record)
                 except ProxyError as e:
-                    if not is_retryable(e):
+                    if not self.fail_over(attempt, e, config, failures, record):
                         raise
-                    self.router.failed(attempt, e, config.server.cooldown_max)
-                    failures.append(e)
-                    record.attempts.append(f"{attempt.label}:{e.status}")
-                    log.warning("%s: %s failed with %d (%s)", record.request_id, attempt.label, e.status, e.message)
                     continue
                 self.router.succeeded(attempt)
                 if client_req.stream:
@@ -224,6 +226,17 @@ class Dispatcher:
 
     async def _take_pace(self, attempt: Attempt, estimate: int) -> float | None:
         return await self.pacer.take(attempt.provider.name, attempt.provider.pacing, attempt.label, attempt.target.pacing, estimate)
+
+    def fail_over(self, attempt: Attempt, error: ProxyError, config: Config, failures: list[ProxyError], record: RequestRecord) -> bool:
+        """After a failed attempt: False when the error is the client's to see; otherwise the
+        failure cools its target, is kept for the final error and logged, and the next attempt may go."""
+        if not is_retryable(error):
+            return False
+        self.router.failed(attempt, error, config.server.cooldown_max)
+        failures.append(error)
+        record.attempts.append(f"{attempt.label}:{error.status}")
+        log.warning("%s: %s failed with %d (%s)", record.request_id, attempt.label, error.status, error.message)
+        return True
 
     async def _open_events(
         self, request: web.Request, config: Config, client_req: ir.Request, plan: Plan, attempt: Attempt,
@@ -361,12 +374,15 @@ class Dispatcher:
 
     def model_infos(self, config: Config, route: Route, key_groups: tuple[str, ...]) -> list[ModelInfo]:
         group, _ = _allowed_group(config, route, "", key_groups)
-        return [self._info(config, a) for a in group.aliases if not a.is_pattern]
+        infos = [self._info(config, a) for a in group.aliases if not a.is_pattern]
+        named = {i.id for i in infos}
+        return infos + [i for i in self.discovery.listed(config, group) if i.id not in named]
 
     @staticmethod
     def _info(config: Config, alias: Any) -> ModelInfo:
         providers = [config.providers[t.provider] for t in alias.targets]
-        return ModelInfo(alias.name, vision=bool(providers) and all(p.vision for p in providers), targets=tuple(str(t) for t in alias.targets))
+        vision = bool(providers) and all(p.vision for p in providers)
+        return ModelInfo(alias.name, vision=vision, targets=tuple(str(t) for t in alias.targets), kind=alias.kind)
 
     async def show(self, request: web.Request, route: Route, config: Config, key_groups: tuple[str, ...]) -> dict[str, Any]:
         adapter = ADAPTERS[route.protocol or "ollama"]
@@ -376,7 +392,7 @@ class Dispatcher:
             raise ClientError("model is required", param="model")
         group, name = _allowed_group(config, route, model, key_groups)
         alias = resolve_alias(group, name)
-        info = self._info(config, alias)
+        info = self.discovery.find(config, alias, name) or self._info(config, alias)
         info.id = name
         return adapter.encode_model_info(info)
 

@@ -9,6 +9,7 @@ protocol name, never in the shared fields.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable, Iterator, Literal, Union
 
@@ -139,6 +140,22 @@ class Request:
     # Fields only the same protocol understands, keyed by protocol name:
     # forwarded only when the upstream speaks that protocol.
     extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Set for a prompt completion (Ollama /api/generate, OpenAI /v1/completions); see Completion.
+    completion: "Completion | None" = None
+
+
+@dataclass(slots=True)
+class Completion:
+    """A prompt-completion request as the client gave it. ``messages`` hold the same prompt as one
+    user turn (fill-in-the-middle spelled out when there is a ``suffix``) for chat upstreams; an
+    upstream with a completion endpoint sends ``prompt``/``suffix`` unchanged instead. ``origin`` is
+    the client's protocol, whose encoder answers in its completion shape."""
+
+    origin: str  # ollama | openai
+    prompt: str
+    suffix: str | None = None
+    raw: bool = False  # Ollama: no prompt template
+    received_ns: int = field(default_factory=time.monotonic_ns)  # for the durations a whole Ollama answer reports
 
 
 # ---------------------------------------------------------------- response

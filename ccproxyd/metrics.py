@@ -177,7 +177,7 @@ class Metrics:
     async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         """Counts a stream as open from its headers on; ``observe`` closes it."""
         record = request.get(self._record_key)
-        if record is not None and record.stream and record.action == "chat" and not isinstance(response, web.Response):
+        if record is not None and record.stream and record.action in ("chat", "generate", "complete") and not isinstance(response, web.Response):
             record.open_stream = True
             self.open_streams += 1
 

@@ -20,6 +20,7 @@ GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 class Route:
     protocol: str | None  # openai | claude | gemini | ollama | None (service endpoints)
     action: str  # chat | models | count_tokens | show | version | root | health | metrics | mcp_sse | mcp_http | ui | ui_asset | admin_read | admin
+    # | embed | embed_batch | embed_legacy | generate | complete | ps | pull | model_store
     group: str | None = None
     compat: bool = False
     model: str | None = None  # from the path (Gemini)
@@ -34,13 +35,22 @@ _ENDPOINTS: list[tuple[frozenset[str], str, str, str]] = [
     (frozenset({"POST"}), r"v1/messages", "claude", "chat"),
     (frozenset({"POST"}), r"v1/messages/count_tokens", "claude", "count_tokens"),
     (frozenset({"GET"}), r"v1beta/models", "gemini", "models"),
-    (frozenset({"POST"}), r"v1beta/models/(?P<model>[^/:]+(?:/[^/:]+)*?)[:/](?P<method>generateContent|streamGenerateContent|countTokens)", "gemini", "chat"),
+    (frozenset({"POST"}), r"v1beta/models/(?P<model>[^/:]+(?:/[^/:]+)*?)[:/](?P<method>generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)", "gemini", "chat"),
     # google-genai 3.x defaults to api_version "v1"
-    (frozenset({"POST"}), r"v1/models/(?P<model>[^/:]+(?:/[^/:]+)*?):(?P<method>generateContent|streamGenerateContent|countTokens)", "gemini", "chat"),
+    (frozenset({"POST"}), r"v1/models/(?P<model>[^/:]+(?:/[^/:]+)*?):(?P<method>generateContent|streamGenerateContent|countTokens|embedContent|batchEmbedContents)", "gemini", "chat"),
     (frozenset({"POST"}), r"api/chat", "ollama", "chat"),
     (frozenset({"GET"}), r"api/tags", "ollama", "models"),
     (frozenset({"POST"}), r"api/show", "ollama", "show"),
     (frozenset({"GET"}), r"api/version", "ollama", "version"),
+    # embeddings, legacy completions and the rest of the Ollama API (issue 14)
+    (frozenset({"POST"}), r"v1/embeddings", "openai", "embed"),
+    (frozenset({"POST"}), r"v1/completions", "openai", "complete"),
+    (frozenset({"POST"}), r"api/embed", "ollama", "embed"),
+    (frozenset({"POST"}), r"api/embeddings", "ollama", "embed_legacy"),
+    (frozenset({"POST"}), r"api/generate", "ollama", "generate"),
+    (frozenset({"GET"}), r"api/ps", "ollama", "ps"),
+    (frozenset({"POST"}), r"api/pull", "ollama", "pull"),
+    (frozenset({"GET", "POST", "DELETE"}), r"api/(?:copy|delete|create|push|blobs/[^/]+)", "ollama", "model_store"),
 ]
 _PREFIX = (
     r"^/(?:(?P<group>(?!(?:" + "|".join(sorted(RESERVED_SEGMENTS)) + r")/)[^/]+)/)?"
@@ -49,6 +59,7 @@ _PREFIX = (
 _COMPILED = [
     (methods, re.compile(_PREFIX + rest + r"/?$"), protocol, action) for methods, rest, protocol, action in _ENDPOINTS
 ]
+_GEMINI_EMBED = {"embedContent": "embed", "batchEmbedContents": "embed_batch"}
 _SERVICE = {
     "/": "root",
     "/healthz": "health",
@@ -130,6 +141,8 @@ def parse_path(method: str, path: str, query: dict[str, str] | None = None, hint
             gmethod = m["method"]
             if gmethod == "countTokens":
                 action = "count_tokens"
+            elif gmethod in _GEMINI_EMBED:
+                action = _GEMINI_EMBED[gmethod]
             stream = gmethod == "streamGenerateContent"
             return Route(
                 protocol,

@@ -10,6 +10,7 @@ take their turns from shared counters (``fetch_turns``).
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import random
@@ -33,6 +34,7 @@ AUTH_STATUS = frozenset({401, 403})
 PROVIDER_COOLDOWN_CAP = 30.0  # a refused connection or a timeout cools a provider only briefly
 AUTH_COOLDOWN = 60.0  # a rejected key is out for at least this long
 _MAX_DOUBLINGS = 30
+PASS_THROUGH = "*"  # a target's model that means "the model name the client asked for"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,14 @@ def resolve_alias(group: Group, model: str) -> Alias:
             return alias
     listed = ", ".join(a.name for a in group.aliases) or "none"
     raise NotFound(f"model {model!r} is not an alias in group {group.name!r} (aliases: {listed})")
+
+
+def bind_model(alias: Alias, model: str) -> Alias:
+    """The alias with its pass-through targets (``"provider/*"``) naming the client's model unchanged."""
+    if not any(t.model == PASS_THROUGH for t in alias.targets):
+        return alias
+    targets = tuple(dataclasses.replace(t, model=model) if t.model == PASS_THROUGH else t for t in alias.targets)
+    return dataclasses.replace(alias, targets=targets)
 
 
 def is_retryable(error: ProxyError) -> bool:

@@ -26,9 +26,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from . import __version__, admin, admin_status
+from . import __version__, admin, admin_status, ollama_api
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
 from .dispatch import CLIENT_HEADERS, Dispatcher
+from .embeddings import EMBED_ACTIONS, embed
 from .errors import AuthError, NotFound, ProxyError, RateLimited
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream, redact_secrets
@@ -299,8 +300,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return await admin.handle(request, state, action, key)
     if action == "root" and admin.wants_html(request):
         return web.Response(status=302, headers={"Location": "/ui"})
-    if action == "root":
-        return web.Response(text="ccproxyd is running")
+    if action == "root":  # Ollama clients probe it and expect this text
+        return web.Response(text="Ollama is running")
     if action == "health":
         return _health(request, state)
     if action == "metrics":
@@ -313,8 +314,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
             raise NotFound("no MCP servers are configured")
         return await state.mcp.handle(request, route)
     adapter = ADAPTERS[route.protocol or "openai"]
-    if action == "chat":
+    if action in ("chat", "generate", "complete"):
         return await dispatcher.chat(request, route, config, record, key_groups)
+    if action in EMBED_ACTIONS:
+        return await embed(dispatcher, request, route, config, record, key_groups)
     if action == "models":
         body = adapter.encode_model_list(dispatcher.model_infos(config, route, key_groups), route)
     elif action == "count_tokens":
@@ -322,7 +325,13 @@ async def handle(request: web.Request) -> web.StreamResponse:
     elif action == "show":
         body = await dispatcher.show(request, route, config, key_groups)
     elif action == "version":
-        body = adapter.encode_version()
+        body = adapter.encode_version(config.server.ollama_version or None)
+    elif action == "ps":
+        body = ollama_api.running(dispatcher, config, route, key_groups)
+    elif action == "pull":
+        return await ollama_api.pull(request, route, config, key_groups)
+    elif action == "model_store":
+        ollama_api.model_store(request)
     else:
         raise NotFound(f"no such endpoint: {request.path}")
     record.status = 200
@@ -436,6 +445,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_mcp_ctx)
     app.cleanup_ctx.append(_admin_views_ctx)
+    app.cleanup_ctx.append(_discovery_ctx)
     app.on_shutdown.append(_mcp_shutdown)
     return app
 
@@ -529,6 +539,14 @@ async def _admin_views_ctx(app: web.Application):  # type: ignore[no-untyped-def
 async def _upstream_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     yield
     await app[STATE].upstream.close()
+
+
+async def _discovery_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """Upstream model lists start loading with the app, so the first model list already has them."""
+    discovery = app[STATE].dispatcher.discovery
+    discovery.start(app[STATE].config)
+    yield
+    await discovery.close()
 
 
 async def _mcp_ctx(app: web.Application):  # type: ignore[no-untyped-def]

@@ -94,7 +94,7 @@ class UpstreamClient:
             kwargs["proxy"] = provider.proxy
         if not provider.verify_tls:
             kwargs["ssl"] = False
-        data = orjson.dumps(call.body)
+        data = orjson.dumps(call.body) if call.method != "GET" else None
         try:
             async with asyncio.timeout(_seconds_left(first_byte_by, deadline)):
                 response = await self.session.request(call.method, call.url, data=data, headers=call.headers, timeout=timeout, **kwargs)

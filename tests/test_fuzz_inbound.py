@@ -172,9 +172,9 @@ def _fold(protocol: str, frames: list[Any]) -> Answer:
             answer.error = check_error_object(protocol, obj)
             continue
         if protocol == "openai":
-            assert obj["object"] == "chat.completion.chunk", obj
+            assert obj["object"] in ("chat.completion.chunk", "text_completion"), obj
             for choice in obj["choices"]:
-                answer.text += choice["delta"].get("content") or ""
+                answer.text += (choice["delta"].get("content") if "delta" in choice else choice["text"]) or ""
                 answer.finished = answer.finished or bool(choice.get("finish_reason"))
         elif protocol == "claude":
             assert (obj["type"] == "message_start") == (i == 0), obj
@@ -188,7 +188,7 @@ def _fold(protocol: str, frames: list[Any]) -> Answer:
                         answer.text += part.get("text") or ""
                 answer.finished = answer.finished or bool(candidate.get("finishReason"))
         else:
-            answer.text += (obj.get("message") or {}).get("content") or ""
+            answer.text += (obj.get("message") or {}).get("content") or obj.get("response") or ""
             answer.finished = obj["done"] is True
     return answer
 
@@ -201,7 +201,8 @@ def _read_body(protocol: str, obj: Any) -> Answer:
     assert isinstance(obj, dict), obj
     if protocol == "openai":
         choice = obj["choices"][0]
-        return Answer(choice["message"]["content"] or "", bool(choice["finish_reason"]), frames=1)
+        text = choice["text"] if obj["object"] == "text_completion" else choice["message"]["content"]
+        return Answer(text or "", bool(choice["finish_reason"]), frames=1)
     if protocol == "claude":
         assert obj["type"] == "message" and obj["role"] == "assistant", obj
         text = "".join(b["text"] for b in obj["content"] if b["type"] == "text")
@@ -209,7 +210,7 @@ def _read_body(protocol: str, obj: Any) -> Answer:
     if protocol == "gemini":
         return _fold("gemini", [obj])
     assert obj["done"] is True, obj
-    return Answer(obj["message"]["content"], True, frames=1)
+    return Answer(obj["message"]["content"] if "message" in obj else obj["response"], True, frames=1)
 
 
 # ---------------------------------------------------------------- the proxy under attack
@@ -230,6 +231,16 @@ ENDPOINTS = [  # (protocol, method, path, what) for every inbound endpoint
     ("ollama", "GET", "/api/tags", "list"),
     ("ollama", "POST", "/api/show", "show"),
     ("ollama", "GET", "/api/version", "version"),
+    ("openai", "POST", "/v1/embeddings", "embed"),
+    ("openai", "POST", "/v1/completions", "chat"),
+    ("gemini", "POST", "/v1beta/models/{model}:embedContent", "embed"),
+    ("gemini", "POST", "/v1/models/{model}:batchEmbedContents", "embed"),
+    ("ollama", "POST", "/api/embed", "embed"),
+    ("ollama", "POST", "/api/embeddings", "embed"),
+    ("ollama", "POST", "/api/generate", "chat"),
+    ("ollama", "GET", "/api/ps", "list"),
+    ("ollama", "POST", "/api/pull", "pull"),
+    ("ollama", "DELETE", "/api/delete", "store"),
 ]
 SERVED_ENDPOINTS = [e for e in ENDPOINTS if e[0] in SERVED]
 PREFIXES = ["", "/default", "/compat_mode", "/default/compat", "/nogroup", "/limited"]
@@ -281,8 +292,11 @@ def assert_clean(req: Sent, status: int, headers: Any, raw: bytes, errors: list[
         return
     assert status == 200, (status, raw[:200])
     path = req.path.split("?")[0]
-    if path.endswith(("/models", "/tags", "/version", "/show", "count_tokens", ":countTokens")):
+    if path.endswith(("/models", "/tags", "/version", "/show", "count_tokens", ":countTokens", "/ps", "/embed", "/embeddings", "mbedContent", "mbedContents")):
         assert isinstance(orjson.loads(raw), dict)
+        return
+    if path.endswith("/pull"):  # Ollama's status lines
+        assert all(isinstance(orjson.loads(line), dict) for line in raw.splitlines()), raw[:200]
         return
     stream = _streams(req)
     answer = read_answer(req.protocol, stream, raw, gemini_array=req.protocol == "gemini" and "alt=sse" not in req.path)
@@ -432,7 +446,8 @@ async def test_every_endpoint_with_random_bodies(fuzz_proxy, caplog, data):
     path = data.draw(st.sampled_from(PREFIXES), "prefix") + path.format(model=_safe_segment(model))
     body = data.draw(st.one_of(
         json_values.map(_dumps),
-        st.dictionaries(st.sampled_from(["model", "messages", "contents", "stream", "max_tokens", "tools", "options", "name"]), json_values).map(_dumps),
+        st.dictionaries(st.sampled_from(["model", "messages", "contents", "stream", "max_tokens", "tools", "options", "name",
+                                         "input", "prompt", "suffix", "requests", "content"]), json_values).map(_dumps),
         st.binary(max_size=300),
         st.just(b""),
     ), "body")

@@ -215,7 +215,7 @@ async def test_body_over_the_limit_is_413(start_upstream, start_proxy):
 async def test_unknown_path_is_404_in_openai_shape(setup):
     _, proxy, _ = setup
     async with aiohttp.ClientSession() as s:
-        async with s.post(proxy.url + "/v1/completions", json={}, headers={"authorization": f"Bearer {ACCESS_KEY}"}) as r:
+        async with s.post(proxy.url + "/v1/nonexistent", json={}, headers={"authorization": f"Bearer {ACCESS_KEY}"}) as r:
             assert r.status == 404
             assert "no such endpoint" in (await r.json())["error"]["message"]
 
@@ -266,7 +266,7 @@ async def test_root_and_health_need_no_key(setup):
     _, proxy, _ = setup
     async with aiohttp.ClientSession() as s:
         async with s.get(proxy.url + "/") as r:
-            assert r.status == 200 and await r.text() == "ccproxyd is running"
+            assert r.status == 200 and await r.text() == "Ollama is running"
         async with s.head(proxy.url + "/") as r:
             assert r.status == 200
         async with s.get(proxy.url + "/healthz") as r:

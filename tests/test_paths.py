@@ -66,7 +66,7 @@ def test_service_paths(path, action):
     ("/nope", "openai"),
     ("/v1/messages/extra", "claude"),
     ("/v1beta/models/x:unknownMethod", "gemini"),
-    ("/api/generate", "ollama"),
+    ("/api/nonexistent", "ollama"),
     ("/a/b/v1/chat/completions", "openai"),
     ("/v1/v1/chat/completions", "openai"),  # a reserved segment is never a group
     ("/api/compat_mode/api/chat", "ollama"),

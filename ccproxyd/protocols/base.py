@@ -15,7 +15,8 @@ from typing import Any, AsyncIterator, ClassVar, Mapping
 
 from .. import ir
 from ..config import Provider
-from ..errors import NotFound, ProxyError, UpstreamError
+from ..errors import ClientError, NotFound, ProxyError, UpstreamError
+from ..ir_embed import EmbedRequest, EmbedResponse
 from ..paths import Route
 
 
@@ -47,6 +48,16 @@ class ModelInfo:
     vision: bool = False
     owned_by: str = "ccproxyd"
     targets: tuple[str, ...] = field(default_factory=tuple)
+    kind: str = "chat"  # chat | embedding
+    capabilities: tuple[str, ...] | None = None  # an upstream's own word (discovered Ollama models), else derived
+
+
+def bearer_headers(api_key: str | None) -> dict[str, str]:
+    """JSON request headers with ``Authorization: Bearer`` when there is a key (OpenAI, Ollama)."""
+    headers = {"content-type": "application/json"}
+    if api_key:
+        headers["authorization"] = f"Bearer {api_key}"
+    return headers
 
 
 class StreamEncoder(ABC):
@@ -77,6 +88,9 @@ class Adapter(ABC):
     inline_images_only: ClassVar[bool] = False
     # Upstreams that refuse a request without max_tokens: the dispatcher fills in server.default_max_tokens.
     requires_max_tokens: ClassVar[bool] = False
+    # Upstreams with an embeddings API, and the most inputs one call of it takes (None: no limit).
+    can_embed: ClassVar[bool] = False
+    embed_batch_limit: ClassVar[int | None] = None
 
     # ------------------------------------------------------------ inbound (client side)
 
@@ -109,8 +123,13 @@ class Adapter(ABC):
         model = body.get("model")
         return model if isinstance(model, str) else None
 
-    def encode_version(self) -> dict[str, Any]:
+    def encode_version(self, version: str | None = None) -> dict[str, Any]:
+        """``version``: what to report (``server.ollama_version``); None: the adapter's default."""
         raise NotFound("this protocol has no version endpoint")
+
+    def answer_locally(self, req: ir.Request) -> dict[str, Any] | None:
+        """An answer the protocol gives without any upstream (Ollama's "model loaded" to an empty prompt)."""
+        return None
 
     # ------------------------------------------------------------ outbound (upstream side)
 
@@ -138,4 +157,34 @@ class Adapter(ABC):
         return None
 
     def decode_count_tokens(self, body: bytes) -> int:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ model discovery (see discovery.py)
+
+    def encode_list_models_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        """A GET of the upstream's own model list; None when the protocol has none."""
+        return None
+
+    def decode_list_models(self, body: bytes) -> list[ModelInfo]:
+        raise NotImplementedError
+
+    def encode_show_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        """One model's details, when the list leaves out its capabilities (Ollama /api/show); None: not needed."""
+        return None
+
+    def decode_show_capabilities(self, body: bytes) -> tuple[str, ...] | None:
+        return None
+
+    # ------------------------------------------------------------ embeddings (see embeddings.py)
+
+    def decode_embed_request(self, body: dict[str, Any], route: Route) -> EmbedRequest:
+        raise NotFound("this protocol has no embeddings endpoint")
+
+    def encode_embed_response(self, resp: EmbedResponse, req: EmbedRequest, route: Route) -> dict[str, Any]:
+        raise NotFound("this protocol has no embeddings endpoint")
+
+    def encode_embed_request(self, req: EmbedRequest, target: UpstreamTarget) -> UpstreamCall:
+        raise ClientError(f"{self.name} upstreams cannot make embeddings")
+
+    def decode_embed_response(self, body: bytes) -> EmbedResponse:
         raise NotImplementedError

@@ -11,9 +11,11 @@ import orjson
 from .. import ir
 from ..config import Provider
 from ..errors import ClientError, ProxyError, UpstreamError
+from ..ir_embed import EmbedRequest, EmbedResponse
 from ..paths import Route
 from ..streams import iter_sse, sse_frame
-from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
+from . import openai_completions, openai_embed
+from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget, bearer_headers
 from .fields import check, integer, number, opt, req, split_data_url, string_list
 
 FINISH_FROM_OPENAI: dict[str, ir.FinishReason] = {
@@ -275,6 +277,8 @@ class OpenAIStreamDecoder:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            if isinstance(choice.get("text"), str) and choice["text"]:  # a /completions chunk
+                out.extend(self.blocks.text(choice["text"]))
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 out.extend(self.blocks.reasoning(reasoning))
@@ -308,9 +312,11 @@ class OpenAIStreamDecoder:
 
 class OpenAIStreamEncoder(StreamEncoder):
     content_type = "text/event-stream"
+    object_name = "chat.completion.chunk"
+    id_prefix = "chatcmpl-"
 
     def __init__(self, req: ir.Request) -> None:
-        self.id = "chatcmpl-" + uuid.uuid4().hex
+        self.id = self.id_prefix + uuid.uuid4().hex
         self.created = int(time.time())
         self.model = req.model
         options = req.extras.get("openai", {}).get("stream_options")
@@ -323,12 +329,15 @@ class OpenAIStreamEncoder(StreamEncoder):
         return sse_frame(
             {
                 "id": self.id,
-                "object": "chat.completion.chunk",
+                "object": self.object_name,
                 "created": self.created,
                 "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "choices": [self._choice(delta, finish)],
             }
         )
+
+    def _choice(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
     def _role(self) -> bytes:
         if self.started:
@@ -354,7 +363,7 @@ class OpenAIStreamEncoder(StreamEncoder):
             out = self._role() + self._chunk({}, FINISH_TO_OPENAI[event.finish.reason])
             if self.include_usage:
                 out += sse_frame(
-                    {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                    {"id": self.id, "object": self.object_name, "created": self.created, "model": self.model,
                      "choices": [], "usage": _usage_to_openai(self.usage)}
                 )
             return out
@@ -369,16 +378,43 @@ class OpenAIStreamEncoder(StreamEncoder):
         return sse_frame(_error_body(err))
 
 
+class CompletionStreamEncoder(OpenAIStreamEncoder):
+    """``/v1/completions`` chunks: ``text`` in each choice, no role chunk, no reasoning or tool calls."""
+
+    object_name = "text_completion"
+    id_prefix = "cmpl-"
+
+    def _choice(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {"text": delta.get("content", ""), "index": 0, "logprobs": None, "finish_reason": finish}
+
+    def _role(self) -> bytes:
+        return b""
+
+    def encode(self, event: ir.Event) -> bytes:
+        if isinstance(event, (ir.ReasoningDelta, ir.ToolCallStart, ir.ToolCallDelta)):
+            return b""
+        return super().encode(event)
+
+
+def _kind_by_name(model: str) -> str:
+    """OpenAI's list says nothing of what a model does; its embedding models say it in their names."""
+    return "embedding" if "embed" in model else "chat"
+
+
 def _error_body(err: ProxyError) -> dict[str, Any]:
     return {"error": {"message": err.message, "type": ERROR_TYPES.get(err.kind, "server_error"), "param": err.param, "code": err.kind}}
 
 
 class OpenAIAdapter(Adapter):
     name = "openai"
+    can_embed = True
+    embed_batch_limit = openai_embed.BATCH_LIMIT
 
     # ------------------------------------------------------------ inbound
 
     def decode_request(self, body: dict[str, Any], route: Route, headers: Mapping[str, str]) -> ir.Request:
+        if route.action == "complete":
+            return openai_completions.decode_request(body)
         model = req(body, "model", str)
         system, messages = _decode_messages(req(body, "messages", list))
         reasoning = None
@@ -412,6 +448,8 @@ class OpenAIAdapter(Adapter):
         )
 
     def encode_response(self, resp: ir.Response, request: ir.Request) -> dict[str, Any]:
+        if request.completion is not None:
+            return openai_completions.encode_response(resp, request, FINISH_TO_OPENAI[resp.finish.reason], _usage_to_openai(resp.usage))
         message: dict[str, Any] = {"role": "assistant", "content": ir.text_of(resp.parts) or None, "refusal": None}
         reasoning = "".join(p.text for p in resp.parts if isinstance(p, ir.Reasoning))
         if reasoning:
@@ -432,7 +470,7 @@ class OpenAIAdapter(Adapter):
         }
 
     def stream_encoder(self, request: ir.Request, route: Route) -> StreamEncoder:
-        return OpenAIStreamEncoder(request)
+        return CompletionStreamEncoder(request) if request.completion is not None else OpenAIStreamEncoder(request)
 
     def encode_error(self, err: ProxyError) -> tuple[int, dict[str, Any]]:
         return (503 if err.status == 529 else err.status), _error_body(err)  # OpenAI clients know no 529
@@ -456,6 +494,8 @@ class OpenAIAdapter(Adapter):
 
     def encode_request(self, request: ir.Request, target: UpstreamTarget) -> UpstreamCall:
         provider = target.provider
+        if request.completion is not None and request.completion.origin == "openai":  # /v1/completions goes as it came
+            return openai_completions.encode_request(request, target, provider.stream_usage)
         body: dict[str, Any] = {"model": target.model, "messages": _encode_messages(request)}
         if request.tools and not (request.tool_choice and request.tool_choice.mode == "none" and not provider.tool_choice):
             body["tools"] = [
@@ -516,6 +556,8 @@ class OpenAIAdapter(Adapter):
             parts.append(ir.Reasoning(reasoning))
         if isinstance(message.get("content"), str) and message["content"]:
             parts.append(ir.Text(message["content"]))
+        if isinstance(choice.get("text"), str) and choice["text"]:  # a /completions answer
+            parts.append(ir.Text(choice["text"]))
         for call in message.get("tool_calls") or ():
             fn = call.get("function") or {}
             args = fn.get("arguments")
@@ -564,6 +606,29 @@ class OpenAIAdapter(Adapter):
         except orjson.JSONDecodeError:
             pass
         return UpstreamError(status, kind, message)
+
+    # ------------------------------------------------------------ model discovery
+
+    def encode_list_models_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        return UpstreamCall(f"{target.provider.base_url}/models", bearer_headers(target.api_key), {}, False, "GET")
+
+    def decode_list_models(self, body: bytes) -> list[ModelInfo]:
+        data = orjson.loads(body).get("data")
+        return [ModelInfo(m["id"], kind=_kind_by_name(m["id"])) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+
+    # ------------------------------------------------------------ embeddings
+
+    def decode_embed_request(self, body: dict[str, Any], route: Route) -> EmbedRequest:
+        return openai_embed.decode_request(body)
+
+    def encode_embed_response(self, resp: EmbedResponse, req: EmbedRequest, route: Route) -> dict[str, Any]:
+        return openai_embed.encode_response(resp, req)
+
+    def encode_embed_request(self, req: EmbedRequest, target: UpstreamTarget) -> UpstreamCall:
+        return openai_embed.encode_request(req, target)
+
+    def decode_embed_response(self, body: bytes) -> EmbedResponse:
+        return openai_embed.decode_response(body)
 
 
 ADAPTER = OpenAIAdapter()

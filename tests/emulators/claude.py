@@ -65,6 +65,7 @@ class ClaudeEmulator(Emulator):
         super().__init__()
         self.app.router.add_post("/v1/messages", self.messages)
         self.app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
+        self.app.router.add_get("/v1/models", self.list_models)
 
     # ------------------------------------------------------------ routes
 
@@ -84,6 +85,19 @@ class ClaudeEmulator(Emulator):
         if body.get("stream"):
             return await self._stream(request, reply, message)
         return web.json_response(message, headers={"request-id": _request_id()})
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        """``GET /v1/models``: newest first, paged with ``limit`` (1–1000, default 20) and ``has_more``."""
+        await self.record(request)
+        problem = self._check_headers(request)
+        if problem:
+            return problem
+        limit = int(request.query.get("limit", 20))
+        if not 1 <= limit <= 1000:
+            return error_response(400, "limit: Input should be less than or equal to 1000")
+        names = ["claude-opus-4-5-20251101", "claude-sonnet-4-5-20250929", "claude-haiku-4-5-20251001"]
+        data = [{"type": "model", "id": n, "display_name": n, "created_at": "2025-10-01T00:00:00Z"} for n in names[:limit]]
+        return web.json_response({"data": data, "has_more": limit < len(names), "first_id": data[0]["id"], "last_id": data[-1]["id"]})
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         body = await self.record(request)

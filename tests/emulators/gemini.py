@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from .base import Emulator, Reply
+from .vectors import vector_for
 
 STATUS_WORDS = {
     400: "INVALID_ARGUMENT",
@@ -488,10 +489,12 @@ class GeminiEmulator(Emulator):
         if denied is not None:
             return denied
         model, _, method = request.match_info["target"].rpartition(":")
-        if method not in ("generateContent", "streamGenerateContent", "countTokens") or not model:
+        if method not in ("generateContent", "streamGenerateContent", "countTokens", "embedContent", "batchEmbedContents") or not model:
             return error_response(404, f"Method {method!r} is not found for this model.")
         if isinstance(body, (bytes, type(None))):
             return error_response(400, "Invalid JSON payload received. Unexpected token.")
+        if method in ("embedContent", "batchEmbedContents"):
+            return self.embed(body, model, batch=method == "batchEmbedContents")
         if method == "countTokens":
             return self.count_tokens(body, model)
         problem = check_request(body, model)
@@ -520,6 +523,37 @@ class GeminiEmulator(Emulator):
             return error_response(400, problem)
         reply = self.next_reply()
         return web.json_response({"totalTokens": reply.input_tokens, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": reply.input_tokens}]})
+
+    def embed(self, body: Any, model: str, batch: bool) -> web.Response:
+        """embedContent → {embedding: {values}}; batchEmbedContents (at most 100 requests, each naming
+        the path's model) → {embeddings: [{values}]}. The Developer API reports no usage here."""
+        reply = self.next_reply()
+        if reply.error_status:
+            return error_response(reply.error_status, reply.error_message, reply.retry_after)
+        if batch:
+            requests = body.get("requests") if isinstance(body, dict) else None
+            if not isinstance(requests, list) or not requests:
+                return error_response(400, "* BatchEmbedContentsRequest.requests: requests is required.\n")
+            if len(requests) > 100:
+                return error_response(400, "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch\n")
+        else:
+            requests = [body]
+        vectors = []
+        for i, item in enumerate(requests):
+            where = f"requests[{i}]." if batch else ""
+            if not isinstance(item, dict):
+                return error_response(400, f"Invalid JSON payload received. {where}: not an object")
+            unknown = set(item) - {"model", "content", "taskType", "title", "outputDimensionality"}
+            if unknown:
+                return error_response(400, f'Invalid JSON payload received. Unknown name "{sorted(unknown)[0]}" at \'{where}\': Cannot find field.')
+            if batch and item.get("model") != f"models/{model}":
+                return error_response(400, f"Model name in {where}model must match the model in the URL: models/{model}")
+            parts = (item.get("content") or {}).get("parts") if isinstance(item.get("content"), dict) else None
+            if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in parts):
+                return error_response(400, f"* EmbedContentRequest.{where}content: contents is not specified\n")
+            text = "\n".join(p["text"] for p in parts)
+            vectors.append({"values": vector_for(text, item.get("outputDimensionality"))})
+        return web.json_response({"embeddings": vectors} if batch else {"embedding": vectors[0]})
 
     async def stream(self, request: web.Request, reply: Reply, frames: list[dict[str, Any]]) -> web.StreamResponse:
         sse = request.query.get("alt") == "sse"
@@ -557,7 +591,8 @@ class GeminiEmulator(Emulator):
                     "description": f"Emulated {name}",
                     "inputTokenLimit": 1048576,
                     "outputTokenLimit": 65536,
-                    "supportedGenerationMethods": ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"],
+                    "supportedGenerationMethods": ["embedContent", "countTokens", "asyncBatchEmbedContent"] if "embedding" in name
+                    else ["generateContent", "countTokens", "createCachedContent", "batchGenerateContent"],
                     "temperature": 1,
                     "topP": 0.95,
                     "topK": 64,

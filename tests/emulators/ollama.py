@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from .base import Emulator, Reply
+from .vectors import token_count, vector_for
 
 VERSION = "0.13.0"
 ROLES = ("system", "user", "assistant", "tool")
@@ -62,6 +63,9 @@ class OllamaEmulator(Emulator):
         self.app.router.add_post("/api/show", self.show)
         self.app.router.add_get("/api/version", self.version)
         self.app.router.add_get("/", self.root)
+        self.app.router.add_post("/api/embed", self.embed)
+        self.app.router.add_post("/api/embeddings", self.embeddings)
+        self.app.router.add_post("/api/generate", self.generate)
 
     # ------------------------------------------------------------ service endpoints
 
@@ -93,8 +97,101 @@ class OllamaEmulator(Emulator):
             "details": {"parent_model": "", "format": "gguf", "family": "llama", "families": ["llama"],
                         "parameter_size": "3.2B", "quantization_level": "Q4_K_M"},
             "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
-            "capabilities": ["completion", "tools"], "modified_at": "2025-05-01T10:00:00.000000Z",
+            "capabilities": ["embedding"] if "embed" in name else ["completion", "tools"],
+            "modified_at": "2025-05-01T10:00:00.000000Z",
         })
+
+    # ------------------------------------------------------------ embeddings
+
+    def _embed_checks(self, request: web.Request, body: object) -> dict:
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            raise BadRequest("unauthorized", 401)
+        if not isinstance(body, dict):
+            raise BadRequest("invalid character looking for beginning of value")
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            raise BadRequest("model is required")
+        if self.models is not None and body["model"] not in self.models:
+            raise BadRequest(f"model '{body['model']}' not found", 404)
+        reply = self.next_reply()
+        if reply.error_status is not None:
+            raise BadRequest(reply.error_message, reply.error_status)
+        return body
+
+    async def embed(self, request: web.Request) -> web.Response:
+        """``input`` a string or a list of strings → ``{model, embeddings, total_duration, load_duration, prompt_eval_count}``."""
+        try:
+            body = self._embed_checks(request, await self.record(request))
+            raw = body.get("input")
+            texts = [raw] if isinstance(raw, str) else raw
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise BadRequest(f"invalid input type: {json.dumps(raw)}")
+            if "truncate" in body and not isinstance(body["truncate"], bool):
+                raise _unmarshal(body["truncate"], "EmbedRequest.truncate", "bool")
+        except BadRequest as e:
+            return web.json_response({"error": e.message}, status=e.status)
+        dims = body.get("dimensions")
+        return web.json_response({
+            "model": body["model"], "embeddings": [vector_for(t, dims) for t in texts],
+            "total_duration": 14_143_917, "load_duration": 1_019_500, "prompt_eval_count": sum(token_count(t) for t in texts),
+        })
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """The legacy endpoint: ``prompt`` → ``{embedding}``; an empty prompt answers an empty vector."""
+        try:
+            body = self._embed_checks(request, await self.record(request))
+        except BadRequest as e:
+            return web.json_response({"error": e.message}, status=e.status)
+        prompt = body.get("prompt") or ""
+        return web.json_response({"embedding": vector_for(prompt) if prompt else []})
+
+    # ------------------------------------------------------------ generate
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        """``prompt`` (+ ``suffix``, ``system``, ``raw``, ``images``, ``think``, ``format``) → ``response`` pieces;
+        an empty prompt loads the model and answers ``done_reason: "load"``."""
+        body = await self.record(request)
+        try:
+            if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                raise BadRequest("unauthorized", 401)
+            if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
+                raise BadRequest("model is required")
+            for key in ("prompt", "suffix", "system", "template"):
+                if key in body and not isinstance(body[key], str):
+                    raise _unmarshal(body[key], f"GenerateRequest.{key}", "string")
+            if "raw" in body and not isinstance(body["raw"], bool):
+                raise _unmarshal(body["raw"], "GenerateRequest.raw", "bool")
+            if body.get("raw") and body.get("suffix"):
+                raise BadRequest("raw mode does not support suffix")
+            self.validate_options(body.get("options"))
+            for image in body.get("images") or ():
+                if not isinstance(image, str) or image.startswith(("data:", "http")):
+                    raise BadRequest("illegal base64 data at input byte 4")
+        except BadRequest as e:
+            return web.json_response({"error": e.message}, status=e.status)
+        stream = body.get("stream", True)
+        if not body.get("prompt"):
+            done = {"model": body["model"], "created_at": now(), "response": "", "done": True, "done_reason": "load"}
+            return web.json_response(done) if stream is False else web.Response(body=_line(done), content_type="application/x-ndjson")
+        reply = self.next_reply()
+        if reply.error_status is not None:
+            return web.json_response({"error": reply.error_message}, status=reply.error_status)
+        final = self.final(body, reply, whole=stream is False)
+        message = final.pop("message")
+        final["response"] = message["content"]
+        if "thinking" in message:
+            final["thinking"] = message["thinking"]
+        if stream is False:
+            return web.json_response(final)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        pieces = [{"response": "", "thinking": p} for p in _split(reply.reasoning, reply.chunks)]
+        pieces += [{"response": p} for p in reply.text_pieces()]
+        for piece in pieces:
+            await resp.write(_line({"model": body["model"], "created_at": now(), **piece, "done": False}))
+            await self.pause(reply)
+        await resp.write(_line(final))
+        await resp.write_eof()
+        return resp
 
     # ------------------------------------------------------------ chat
 

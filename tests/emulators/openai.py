@@ -10,12 +10,15 @@ and the usage, every earlier chunk carrying ``usage: null``; then
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 
 from aiohttp import web
 
 from .base import Emulator, Reply
+from .vectors import token_count, vector_for
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
                 404: "invalid_request_error", 429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}
@@ -31,9 +34,43 @@ class OpenAIEmulator(Emulator):
         super().__init__()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_get("/v1/models", self.models)
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
+        self.app.router.add_post("/v1/completions", self.text_completion)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "gpt-emu", "object": "model", "created": 0, "owned_by": "emulator"}]})
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """Per the embeddings reference: input a string, strings, a token array or token arrays
+        (at most 2048, none empty); encoding_format float | base64 (little-endian float32)."""
+        body = await self.record(request)
+        if not request.headers.get("authorization", "").startswith("Bearer "):
+            return web.json_response(error_body(401, "You didn't provide an API key."), status=401)
+        reply = self.next_reply()
+        if reply.error_status:
+            headers = {"Retry-After": reply.retry_after} if reply.retry_after else None
+            return web.json_response(error_body(reply.error_status, reply.error_message), status=reply.error_status, headers=headers)
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return web.json_response(error_body(400, "you must provide a model parameter"), status=400)
+        raw = body.get("input")
+        if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw or len(raw) > 2048 or any(not item for item in raw):
+            return web.json_response(error_body(400, "'$.input' is invalid. Please check the API reference.", "input"), status=400)
+        fmt = body.get("encoding_format", "float")
+        if fmt not in ("float", "base64"):
+            return web.json_response(error_body(400, f"Invalid value: '{fmt}'. Supported values are: 'float' and 'base64'.", "encoding_format"), status=400)
+        dims = body.get("dimensions")
+        texts = [t if isinstance(t, str) else " ".join(map(str, t)) for t in raw]
+        data = []
+        for i, text in enumerate(texts):
+            vector = vector_for(text, dims)
+            value: object = vector
+            if fmt == "base64":
+                value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        tokens = sum(token_count(t) for t in texts)
+        return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
     def validate(self, request: web.Request, body: object) -> str | None:
         if not request.headers.get("authorization", "").startswith("Bearer "):
@@ -156,6 +193,38 @@ class OpenAIEmulator(Emulator):
         await send({}, _FINISH[reply.finish_reason])
         if include_usage:
             await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": self.usage(reply)}).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    async def text_completion(self, request: web.Request) -> web.StreamResponse:
+        """The legacy completions API: ``prompt`` (+ ``suffix``) → ``text_completion`` objects whose
+        choices carry ``text``; streamed as SSE chunks of the same object, then ``[DONE]``."""
+        body = await self.record(request)
+        if not request.headers.get("authorization", "").startswith("Bearer "):
+            return web.json_response(error_body(401, "You didn't provide an API key."), status=401)
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return web.json_response(error_body(400, "you must provide a model parameter"), status=400)
+        if not isinstance(body.get("prompt", ""), (str, list)):
+            return web.json_response(error_body(400, "'$.prompt' is invalid.", "prompt"), status=400)
+        if "messages" in body:
+            return web.json_response(error_body(400, "Unrecognized request argument supplied: messages"), status=400)
+        reply = self.next_reply()
+        if reply.error_status:
+            return web.json_response(error_body(reply.error_status, reply.error_message), status=reply.error_status)
+        base = {"id": "cmpl-emu789", "object": "text_completion", "created": int(time.time()), "model": body["model"]}
+        finish = _FINISH[reply.finish_reason]
+        usage = {k: v for k, v in self.usage(reply).items() if k.endswith("tokens")}
+        if not body.get("stream"):
+            return web.json_response({**base, "choices": [{"text": reply.text, "index": 0, "logprobs": None, "finish_reason": finish}], "usage": usage})
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8"})
+        await resp.prepare(request)
+        pieces = [(p, None) for p in reply.text_pieces()] + [("", finish)]
+        for text, why in pieces:
+            chunk = {**base, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": why}]}
+            await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await self.pause(reply)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await resp.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         return resp
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Mapping
 
+import orjson
+
 from ... import ir
 from ...errors import ProxyError, UpstreamError
 from ...paths import Route
@@ -61,6 +63,18 @@ class ClaudeAdapter(Adapter):
 
     def decode_count_tokens(self, body: bytes) -> int:
         return response.decode_count_tokens(body)
+
+    # ------------------------------------------------------------ model discovery
+
+    def encode_list_models_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        headers = {"anthropic-version": outbound.API_VERSION}
+        if target.api_key:
+            headers["x-api-key"] = target.api_key
+        return UpstreamCall(f"{target.provider.base_url}/v1/models?limit=1000", headers, {}, False, "GET")
+
+    def decode_list_models(self, body: bytes) -> list[ModelInfo]:
+        data = orjson.loads(body).get("data")
+        return [ModelInfo(m["id"], vision=True) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
 ADAPTER = ClaudeAdapter()

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Mapping
 
+import orjson
+
 from ... import ir
 from ...errors import ClientError, ProxyError, UpstreamError
+from ...ir_embed import EmbedRequest, EmbedResponse
 from ...paths import Route
 from ..base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
-from . import request, response
+from . import embed, request, response
 from .stream import GeminiStreamEncoder
 from .wire import error_body, error_status
 
 _METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
+_EMBED_METHODS = ["embedContent", "batchEmbedContents"]
 # ccproxyd cannot know an alias's real limits; these are the current Gemini models' and only informative
 _INPUT_TOKEN_LIMIT = 1_048_576
 _OUTPUT_TOKEN_LIMIT = 65_536
@@ -34,6 +38,8 @@ def _include_thoughts(req: ir.Request) -> bool:
 class GeminiAdapter(Adapter):
     name = "gemini"
     inline_images_only = True
+    can_embed = True
+    embed_batch_limit = embed.BATCH_LIMIT
 
     # ------------------------------------------------------------ inbound
 
@@ -66,7 +72,7 @@ class GeminiAdapter(Adapter):
                     "description": "A ccproxyd model alias",
                     "inputTokenLimit": _INPUT_TOKEN_LIMIT,
                     "outputTokenLimit": _OUTPUT_TOKEN_LIMIT,
-                    "supportedGenerationMethods": list(_METHODS),
+                    "supportedGenerationMethods": list(_EMBED_METHODS if m.kind == "embedding" else _METHODS),
                 }
                 for m in models
             ]
@@ -108,6 +114,39 @@ class GeminiAdapter(Adapter):
 
     def decode_count_tokens(self, body: bytes) -> int:
         return response.decode_count_tokens(body)
+
+    # ------------------------------------------------------------ model discovery
+
+    def encode_list_models_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        return UpstreamCall(f"{target.provider.base_url}/v1beta/models?pageSize=1000", self._headers(target), {}, False, "GET")
+
+    def decode_list_models(self, body: bytes) -> list[ModelInfo]:
+        """``supportedGenerationMethods`` tells embedding models (embedContent only) from the others."""
+        found = []
+        for m in orjson.loads(body).get("models") or ():
+            if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+                continue
+            methods = m.get("supportedGenerationMethods") or []
+            kind = "embedding" if "generateContent" not in methods and any("mbed" in x for x in methods) else "chat"
+            found.append(ModelInfo(_model_path(m["name"]), vision=kind == "chat", kind=kind))
+        return found
+
+    # ------------------------------------------------------------ embeddings
+
+    def decode_embed_request(self, body: dict[str, Any], route: Route) -> EmbedRequest:
+        model = _model_path(route.model or "")
+        if not model:
+            raise ClientError("the model is missing from the path (/v1beta/models/{model}:embedContent)", param="model")
+        return embed.decode_request(body, model, batch=route.action == "embed_batch")
+
+    def encode_embed_response(self, resp: EmbedResponse, req: EmbedRequest, route: Route) -> dict[str, Any]:
+        return embed.encode_response(resp, batch=route.action == "embed_batch")
+
+    def encode_embed_request(self, req: EmbedRequest, target: UpstreamTarget) -> UpstreamCall:
+        return embed.encode_request(req, target, self._headers(target))
+
+    def decode_embed_response(self, body: bytes) -> EmbedResponse:
+        return embed.decode_response(body)
 
 
 ADAPTER = GeminiAdapter()

@@ -11,9 +11,10 @@ from typing import Any, AsyncIterator, Mapping
 
 from ... import ir
 from ...errors import ProxyError, UpstreamError
+from ...ir_embed import EmbedRequest, EmbedResponse
 from ...paths import Route
-from ..base import Adapter, ModelInfo, UpstreamCall, UpstreamTarget
-from . import inbound, models, outbound, response, stream, wire
+from ..base import Adapter, ModelInfo, UpstreamCall, UpstreamTarget, bearer_headers
+from . import embed, generate, inbound, models, outbound, response, stream, wire
 from .stream import OllamaStreamEncoder
 
 __all__ = ["ADAPTER", "OllamaAdapter", "OllamaStreamEncoder"]
@@ -22,17 +23,27 @@ __all__ = ["ADAPTER", "OllamaAdapter", "OllamaStreamEncoder"]
 class OllamaAdapter(Adapter):
     name = "ollama"
     inline_images_only = True  # Ollama takes base64 only; the dispatcher fetches URL images first
+    can_embed = True
 
     # ------------------------------------------------------------ inbound
 
     def decode_request(self, body: dict[str, Any], route: Route, headers: Mapping[str, str]) -> ir.Request:
+        if route.action == "generate":
+            return generate.decode_request(body)
         return inbound.decode_request(body)
 
     def encode_response(self, resp: ir.Response, req: ir.Request) -> dict[str, Any]:
+        if req.completion is not None:
+            return generate.encode_response(resp, req)
         return response.encode_response(resp, req)
 
     def stream_encoder(self, req: ir.Request, route: Route) -> OllamaStreamEncoder:
+        if req.completion is not None:
+            return generate.stream_encoder(req)
         return OllamaStreamEncoder(req.model, wire.shows_thinking(req))
+
+    def answer_locally(self, req: ir.Request) -> dict[str, Any] | None:
+        return generate.load_reply(req) if req.completion is not None else None
 
     def encode_error(self, err: ProxyError) -> tuple[int, dict[str, Any] | str]:
         return wire.encode_error(err)
@@ -46,12 +57,14 @@ class OllamaAdapter(Adapter):
     def model_from_body(self, body: dict[str, Any]) -> str | None:
         return models.model_from_body(body)
 
-    def encode_version(self) -> dict[str, Any]:
-        return models.encode_version()
+    def encode_version(self, version: str | None = None) -> dict[str, Any]:
+        return models.encode_version(version)
 
     # ------------------------------------------------------------ outbound
 
     def encode_request(self, req: ir.Request, target: UpstreamTarget) -> UpstreamCall:
+        if req.completion is not None:  # /api/generate and /v1/completions stay prompt completions
+            return generate.encode_request(req, target)
         return outbound.encode_request(req, target)
 
     def decode_response(self, body: bytes) -> ir.Response:
@@ -62,6 +75,34 @@ class OllamaAdapter(Adapter):
 
     def decode_error(self, status: int, body: bytes) -> UpstreamError:
         return wire.decode_error(status, body)
+
+    # ------------------------------------------------------------ model discovery
+
+    def encode_list_models_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        return UpstreamCall(f"{target.provider.base_url}/api/tags", bearer_headers(target.api_key), {}, False, "GET")
+
+    def decode_list_models(self, body: bytes) -> list[ModelInfo]:
+        return models.decode_model_list(body)
+
+    def encode_show_request(self, target: UpstreamTarget) -> UpstreamCall | None:
+        return UpstreamCall(f"{target.provider.base_url}/api/show", bearer_headers(target.api_key), {"model": target.model}, False)
+
+    def decode_show_capabilities(self, body: bytes) -> tuple[str, ...] | None:
+        return models.decode_capabilities(body)
+
+    # ------------------------------------------------------------ embeddings
+
+    def decode_embed_request(self, body: dict[str, Any], route: Route) -> EmbedRequest:
+        return embed.decode_request(body, legacy=route.action == "embed_legacy")
+
+    def encode_embed_response(self, resp: EmbedResponse, req: EmbedRequest, route: Route) -> dict[str, Any]:
+        return embed.encode_response(resp, req, legacy=route.action == "embed_legacy")
+
+    def encode_embed_request(self, req: EmbedRequest, target: UpstreamTarget) -> UpstreamCall:
+        return embed.encode_request(req, target)
+
+    def decode_embed_response(self, body: bytes) -> EmbedResponse:
+        return embed.decode_response(body)
 
 
 ADAPTER = OllamaAdapter()

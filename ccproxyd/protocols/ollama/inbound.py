@@ -95,7 +95,7 @@ def _message(raw: Any, where: str) -> ir.Message | None:
         content = ""
     elif not isinstance(content, str):
         raise _wrong(f"{where}.content", "a string")
-    images = _images(raw.get("images"), f"{where}.images")
+    images = decode_images(raw.get("images"), f"{where}.images")
 
     if role == "tool":
         name = _str(raw, "tool_name", f"{where}.tool_name") or _str(raw, "name", f"{where}.name")
@@ -166,7 +166,7 @@ def _arguments(raw: Any, where: str) -> dict[str, Any]:
     raise _wrong(where, "an object (or a JSON string of one)")
 
 
-def _images(raw: Any, where: str) -> list[ir.Image]:
+def decode_images(raw: Any, where: str) -> list[ir.Image]:
     if raw is None:
         return []
     if not isinstance(raw, list):

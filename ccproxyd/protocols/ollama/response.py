@@ -20,7 +20,7 @@ def decode_response(body: bytes) -> ir.Response:
         raise BadGateway("the Ollama upstream sent JSON that is not an object")
     if "error" in obj and "message" not in obj:
         raise UpstreamError(502, "bad_gateway", str(obj["error"]))
-    parts = message_parts(obj.get("message"))
+    parts = message_parts(message_of(obj))
     called = any(isinstance(p, ir.ToolCall) for p in parts)
     model = obj.get("model")
     return ir.Response(
@@ -30,6 +30,13 @@ def decode_response(body: bytes) -> ir.Response:
         finish=finish_from_done(obj.get("done_reason"), called),
         usage=usage_from(obj),
     )
+
+
+def message_of(obj: dict[str, Any]) -> Any:
+    """A chat line's ``message``; an ``/api/generate`` line's ``response`` and ``thinking`` read as one."""
+    if "message" not in obj and isinstance(obj.get("response"), str):
+        return {"content": obj["response"], "thinking": obj.get("thinking")}
+    return obj.get("message")
 
 
 def message_parts(message: Any) -> list[ir.Part]:

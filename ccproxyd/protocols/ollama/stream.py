@@ -17,7 +17,7 @@ from ... import ir
 from ...errors import ProxyError
 from ...streams import FrameTooLarge, iter_lines, ndjson_line
 from ..base import StreamEncoder
-from .response import counts
+from .response import counts, message_of
 from .wire import done_reason_for, finish_from_done, now_rfc3339, tool_call_from_wire, tool_call_to_wire, usage_from
 
 
@@ -46,7 +46,7 @@ async def decode_stream(chunks: AsyncIterator[bytes]) -> ir.EventStream:
                     started = True
                     model = obj.get("model")
                     yield ir.ResponseStart(None, model if isinstance(model, str) else None)
-                for event in _message_events(blocks, obj.get("message")):
+                for event in _message_events(blocks, message_of(obj)):
                     called = called or isinstance(event, ir.ToolCallStart)
                     yield event
                 if obj.get("done") is True:
@@ -139,7 +139,11 @@ class OllamaStreamEncoder(StreamEncoder):
 
     def _line(self, message: dict[str, Any]) -> bytes:
         self._output_started()
-        return ndjson_line({"model": self.model, "created_at": now_rfc3339(), "message": message, "done": False})
+        return ndjson_line({"model": self.model, "created_at": now_rfc3339(), **self._body(message), "done": False})
+
+    def _body(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Where a line carries its message (``/api/generate`` lines say ``response`` instead)."""
+        return {"message": message}
 
     def _tool_line(self) -> bytes:
         if self.tool is None:
@@ -158,7 +162,7 @@ class OllamaStreamEncoder(StreamEncoder):
         line: dict[str, Any] = {
             "model": self.model,
             "created_at": now_rfc3339(),
-            "message": {"role": "assistant", "content": ""},
+            **self._body({"role": "assistant", "content": ""}),
             "done": True,
             "done_reason": done_reason_for(finish),
             "total_duration": max(1, now - self.started_ns),
