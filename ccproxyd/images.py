@@ -151,25 +151,29 @@ async def inline_images(req: ir.Request, upstream: "object", server: Server) -> 
     session = upstream.session  # type: ignore[attr-defined]
     cache: dict[str, ir.Image] = {}
     budget = ImageBudget(server.image_fetch_max_total_bytes)
-
-    async def inline(parts: list[ir.Part]) -> list[ir.Part]:
-        out: list[ir.Part] = []
-        for p in parts:
-            if isinstance(p, ir.Image) and p.data is None and p.url:
-                inline_data = split_data_url(p.url)
-                if inline_data:
-                    p = ir.Image(media_type=inline_data[0], data=inline_data[1])
-                else:
-                    if p.url not in cache:
-                        cache[p.url] = await fetch_image(p.url, session, server, budget)
-                    p = cache[p.url]
-            elif isinstance(p, ir.ToolResult) and _has_url_image(p.content):
-                p = dataclasses.replace(p, content=await inline(p.content))
-            out.append(p)
-        return out
-
-    messages = [ir.Message(m.role, await inline(m.parts)) if _has_url_image(m.parts) else m for m in req.messages]
+    messages = [ir.Message(m.role, await _inline(m.parts, session, server, cache, budget)) if _has_url_image(m.parts) else m
+                for m in req.messages]
     return dataclasses.replace(req, messages=messages)
+
+
+async def _inline(parts: list[ir.Part], session: aiohttp.ClientSession, server: Server, cache: dict[str, ir.Image],
+                  budget: ImageBudget) -> list[ir.Part]:
+    """A module function, not a recursive closure: a closure that calls itself is a reference cycle,
+    and the cycle kept every fetched image in memory until the next garbage collection."""
+    out: list[ir.Part] = []
+    for p in parts:
+        if isinstance(p, ir.Image) and p.data is None and p.url:
+            inline_data = split_data_url(p.url)
+            if inline_data:
+                p = ir.Image(media_type=inline_data[0], data=inline_data[1])
+            else:
+                if p.url not in cache:
+                    cache[p.url] = await fetch_image(p.url, session, server, budget)
+                p = cache[p.url]
+        elif isinstance(p, ir.ToolResult) and _has_url_image(p.content):
+            p = dataclasses.replace(p, content=await _inline(p.content, session, server, cache, budget))
+        out.append(p)
+    return out
 
 
 def _has_url_image(parts: list[ir.Part]) -> bool:
