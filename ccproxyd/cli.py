@@ -198,6 +198,7 @@ async def _serve(config: Config, worker: WorkerSeat | None = None, listen_overri
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, listen_override))
     who = f"worker {worker.index}" if worker is not None else "ccproxyd"
     log.info("%s %s listening on %s", who, __version__, config.server.listen)
+    log.info("%s accepts up to %d client connections (server.max_connections)", who, guard.max_connections)
     service.notify("READY=1", f"STATUS=serving on {config.server.listen}")
     interval = service.watchdog_interval()
     watchdog = loop.create_task(service.watchdog_pings(interval)) if interval else None

@@ -168,7 +168,8 @@ async def test_fetched_images_arrive_whole_and_downloads_are_capped_across_the_p
 
 async def test_sigterm_ends_streams_longer_than_the_grace_with_an_error_event_in_every_protocol(start_upstream, daemon):
     upstream = await start_upstream("openai")
-    upstream.emulator.script(Reply(text="x" * 60, chunks=60, chunk_delay=0.25))  # 15 s, far beyond the grace
+    long_stream = Reply(text="x" * 60, chunks=60, chunk_delay=0.25)  # 15 s, far beyond the grace
+    upstream.emulator.script(*[long_stream] * len(PROTOCOLS), Reply(headers_delay=15))  # then an answer that never starts
     grace = 1.0
     proc = daemon(proxy_config([upstream], server={"shutdown_grace": grace}))
     async with aiohttp.ClientSession() as http:
@@ -178,11 +179,18 @@ async def test_sigterm_ends_streams_longer_than_the_grace_with_an_error_event_in
             resp = await http.post(proc.url + path, json=body, headers={**AUTH, "x-goog-api-key": ACCESS_KEY})
             assert resp.status == 200, await resp.text()
             streams[protocol] = (resp, await resp.content.readany())
+        upstream.emulator.request_started.clear()
+        path, body = chat_request("claude", "m-openai")
+        waiting = asyncio.create_task(http.post(proc.url + path, json=body, headers=AUTH))
+        await asyncio.wait_for(upstream.emulator.request_started.wait(), 10)
         started = time.monotonic()
         proc.proc.send_signal(signal.SIGTERM)
         answers = {}
         for protocol, (resp, first) in streams.items():
             answers[protocol] = read_answer(protocol, True, first + await resp.read())
+        unanswered = await waiting
+        assert unanswered.status == 503
+        assert "server shutting down" in check_error("claude", 503, await unanswered.read())
     code = await proc.exit_code(grace + 5)
     took = time.monotonic() - started
     assert code == 0
@@ -190,7 +198,7 @@ async def test_sigterm_ends_streams_longer_than_the_grace_with_an_error_event_in
     for protocol, answer in answers.items():
         assert answer.error is not None and "server shutting down" in answer.error, (protocol, answer)
         assert 0 < len(answer.text) < 60, (protocol, answer)
-    assert "4 request(s) still running after the 1s grace" in proc.log()
+    assert "5 request(s) still running after the 1s grace" in proc.log()
 
 
 # ---------------------------------------------------------------- a key limited to one group
