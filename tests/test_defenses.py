@@ -25,8 +25,9 @@ from tests.test_fuzz_inbound import chat_request, check_error, read_answer
 # ---------------------------------------------------------------- a client gone mid-stream
 
 
-async def _hang_up_mid_stream(port: int) -> None:
-    """Start a stream, read its first frame, then reset the connection."""
+async def _hang_up_mid_stream(port: int, reset: bool) -> None:
+    """Start a stream, read its first frame, then hang up: a reset (RST), or a plain close (FIN) that the
+    daemon notices only when a write fails."""
     body = orjson.dumps({"model": "m-openai", "messages": [{"role": "user", "content": "hi"}], "stream": True})
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACCESS_KEY}\r\n"
@@ -37,7 +38,10 @@ async def _hang_up_mid_stream(port: int) -> None:
             chunk = await reader.read(4096)
             assert chunk, f"the stream ended before its first frame: {seen!r}"
             seen += chunk
-    writer.transport.abort()  # type: ignore[attr-defined]
+    if reset:
+        writer.transport.abort()  # type: ignore[attr-defined]
+    else:
+        writer.close()
 
 
 def _sum_status(metrics: str, status: str) -> float:
@@ -47,16 +51,16 @@ def _sum_status(metrics: str, status: str) -> float:
 
 async def test_200_streams_cancelled_mid_way_are_quiet_and_counted_as_499(start_upstream, daemon, tmp_path):
     upstream = await start_upstream("openai")
-    upstream.emulator.script(Reply(text="x" * 40, chunks=40, chunk_delay=0.05))  # 2 s per stream
+    upstream.emulator.script(Reply(text="x" * 2000, chunks=2000, chunk_delay=0.001))  # frames as fast as they come, for 2 s or more
     state_dir = tmp_path / "state"
     proc = daemon(proxy_config([upstream], server={"stats": True, "state_dir": str(state_dir)}))
     slots = asyncio.Semaphore(20)
 
-    async def one() -> None:
+    async def one(n: int) -> None:
         async with slots:
-            await _hang_up_mid_stream(proc.port)
+            await _hang_up_mid_stream(proc.port, reset=n % 2 == 0)
 
-    await asyncio.gather(*(one() for _ in range(200)))
+    await asyncio.gather(*(one(n) for n in range(200)))
     cancelled, deadline = 0.0, time.monotonic() + 30
     async with aiohttp.ClientSession() as http:
         while cancelled < 200 and time.monotonic() < deadline:  # until the daemon has finished all 200
