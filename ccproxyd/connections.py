@@ -79,7 +79,7 @@ class Guard:
         """Count a close; log it unless the same reason was logged within LOG_EVERY seconds."""
         self.closed[reason] += 1
         now = time.monotonic()
-        last, count_then = self._logged.get(reason, (-LOG_EVERY, self.closed[reason] - 1))
+        last, count_then = self._logged.get(reason, (float("-inf"), self.closed[reason] - 1))
         if now - last < LOG_EVERY:
             return
         more = self.closed[reason] - 1 - count_then

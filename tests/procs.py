@@ -94,9 +94,10 @@ def daemon(tmp_path: Path):
                 item.proc.wait()
 
 
-async def closed_within(reader: asyncio.StreamReader, timeout: float) -> tuple[bytes, float]:
-    """What the server sent until it closed the connection, and after how many seconds (bounded by ``timeout``)."""
-    started = time.monotonic()
+async def closed_within(reader: asyncio.StreamReader, timeout: float, since: float | None = None) -> tuple[bytes, float]:
+    """What the server sent until it closed the connection (bounded by ``timeout``), and how many seconds
+    after ``since`` (a ``time.monotonic()`` reading; default: now) it closed."""
+    started = time.monotonic() if since is None else since
     data = b""
     async with asyncio.timeout(timeout):
         try:

@@ -47,12 +47,13 @@ async def test_slow_head_slow_body_and_idle_connections_are_closed_at_their_time
     body = orjson.dumps({"model": "m-openai", "messages": [{"role": "user", "content": "hi"}]})
     body_head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACCESS_KEY}\r\n"
                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    started = time.monotonic()  # the idle connection is open, the slow ones send their first bytes now
     trickles = [asyncio.create_task(_trickle(head_writer, head_lines, 0.2)),
                 asyncio.create_task(_trickle(body_writer, [body_head] + [body[i:i + 1] for i in range(len(body))], 0.2))]
     async with aiohttp.ClientSession() as http:
         assert await _models(http, proc.url) == 200  # a normal client is served meanwhile
         (head_answer, head_after), (body_answer, body_after), (idle_answer, idle_after) = await asyncio.gather(
-            closed_within(head_reader, 10), closed_within(body_reader, 10), closed_within(idle_reader, 10))
+            closed_within(head_reader, 10, started), closed_within(body_reader, 10, started), closed_within(idle_reader, 10, started))
         assert await _models(http, proc.url) == 200
         async with http.get(proc.url + "/metrics", headers=AUTH) as resp:
             metrics = await resp.text()
