@@ -71,6 +71,10 @@ class Guard:
         self.header_timeout = server.request_header_timeout
         self.body_timeout = server.request_body_timeout
         self.max_connections = server.max_connections or default_max_connections()
+        if server.max_connections > default_max_connections():
+            log.warning("server.max_connections is %d, more than the file limit (ulimit -n, LimitNOFILE) leaves room for (%d): "
+                        "raise the limit, or connections will fail at random when descriptors run out",
+                        server.max_connections, default_max_connections())
         self.open = 0
         self.closed: Counter[str] = Counter({reason: 0 for reason in REASONS})
         self._logged: dict[str, tuple[float, int]] = {}  # reason -> (when last logged, count then)

@@ -128,6 +128,22 @@ async def test_max_connections_refuses_the_excess_and_serves_again_once_they_clo
     assert log.count(f"{allowed} connections are open (server.max_connections); refused") == 1, log[-2000:]  # rate-limited
 
 
+async def test_a_configured_max_connections_is_honoured_and_one_beyond_the_file_limit_is_warned_about(start_upstream, daemon):
+    upstream = await start_upstream("openai")
+    proc = daemon(proxy_config([upstream], server={"max_connections": 2}))
+    held = [await asyncio.open_connection("127.0.0.1", proc.port) for _ in range(2)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+    refused, _ = await closed_within(reader, 5)
+    writer.close()
+    for _, w in held:
+        w.close()
+    assert refused.startswith(b"HTTP/1.1 503"), refused
+    assert "accepts up to 2 client connections" in proc.log()
+
+    too_many = daemon(proxy_config([upstream], server={"max_connections": 1000}), nofile=256)
+    await too_many.wait_log("server.max_connections is 1000, more than the file limit (ulimit -n, LimitNOFILE) leaves room for (96)")
+
+
 @pytest.mark.parametrize("key,value,message", [
     ("keepalive_timeout", 0, "must be at least 1"),
     ("request_header_timeout", -1, "must be at least 0"),
