@@ -153,7 +153,7 @@ class Metrics:
             return
         if r.status >= 400:
             self.inc("ccproxyd_upstream_failures_total", (target, str(r.status)))
-        elif r.error_kind:
+        elif r.error_kind and r.error_kind != "shutdown":  # a stream ended by our own shutdown (drain.py) is no upstream failure
             self.inc("ccproxyd_upstream_failures_total", (target, "stream_error"))
 
     def _alias_label(self, group_name: str | None, alias: str) -> str:
