@@ -180,9 +180,10 @@ class GuardedRequestHandler(RequestHandler):
 
     def _process_keepalive(self) -> None:
         open_before = not self._force_close
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
         super()._process_keepalive()
         if open_before and self._force_close:
-            self._guard.note("idle", None)
+            self._guard.note("idle", peer)
 
     def _cancel_timers(self) -> None:
         for timer in (self._header_timer, self._body_timer):

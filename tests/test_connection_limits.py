@@ -75,7 +75,7 @@ async def test_slow_head_slow_body_and_idle_connections_are_closed_at_their_time
     log = proc.log()
     assert "request head not received within 1s (server.request_header_timeout)" in log
     assert "request body not received within 1s (server.request_body_timeout)" in log
-    assert "idle for 1.5s (server.keepalive_timeout)" in log
+    assert "closed a client connection from 127.0.0.1: idle for 1.5s (server.keepalive_timeout)" in log
     assert "Traceback" not in log
 
 
