@@ -321,3 +321,12 @@ async def test_an_unreadable_answer_is_a_502_from_every_upstream_protocol(aiohtt
                 statuses[protocol] = resp.status
                 check_error("openai", resp.status, await resp.read())
     assert statuses == {p: 502 for p in PROTOCOLS}
+
+
+@pytest.mark.parametrize("remote,exempt", [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("::ffff:127.0.0.1", True),
+                                           ("10.0.0.1", False), ("::ffff:10.0.0.1", False), ("2001:db8::1", False), ("", False)])
+def test_the_default_exemption_is_loopback_only(remote, exempt):
+    from ccproxyd.config import Server
+    from ccproxyd.server import lockout_exempt
+
+    assert lockout_exempt(remote, Server().auth_lockout_exempt) is exempt
