@@ -159,7 +159,7 @@ async def inline_images(req: ir.Request, upstream: "object", server: Server) -> 
 async def _inline(parts: list[ir.Part], session: aiohttp.ClientSession, server: Server, cache: dict[str, ir.Image],
                   budget: ImageBudget) -> list[ir.Part]:
     """A module function, not a recursive closure: a closure that calls itself is a reference cycle,
-    and the cycle kept every fetched image in memory until the next garbage collection."""
+    which would keep every fetched image in memory until the next garbage collection."""
     out: list[ir.Part] = []
     for p in parts:
         if isinstance(p, ir.Image) and p.data is None and p.url:
