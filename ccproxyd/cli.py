@@ -188,6 +188,8 @@ def serve(config: Config, worker: WorkerSeat | None = None, listen_override: str
 
 async def _serve(config: Config, worker: WorkerSeat | None = None, listen_override: str | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests finish within the grace."""
+    from .connections import Guard, GuardedRunner
+    from .drain import CLEANUP_WAIT, drain
     from .server import STATE, create_app
 
     app = create_app(config)
@@ -195,7 +197,9 @@ async def _serve(config: Config, worker: WorkerSeat | None = None, listen_overri
     if worker is not None:
         state.worker_index, state.runtime_dir = worker.index, worker.runtime_dir
     state.reload = lambda: _reload(app, listen_override)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.shutdown_grace)
+    guard = Guard(config.server)
+    state.connections = guard
+    runner = GuardedRunner(app, guard, handler_cancellation=True, access_log=None, shutdown_timeout=CLEANUP_WAIT)
     await runner.setup()
     ssl_context = None
     if config.server.tls_cert:
@@ -218,6 +222,7 @@ async def _serve(config: Config, worker: WorkerSeat | None = None, listen_overri
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, listen_override))
     who = f"worker {worker.index}" if worker is not None else "ccproxyd"
     log.info("%s %s listening on %s", who, __version__, config.server.listen)
+    log.info("%s accepts up to %d client connections (server.max_connections)", who, guard.max_connections)
     service.notify("READY=1", f"STATUS=serving on {config.server.listen}")
     interval = service.watchdog_interval()
     watchdog = loop.create_task(service.watchdog_pings(interval)) if interval else None
@@ -225,13 +230,14 @@ async def _serve(config: Config, worker: WorkerSeat | None = None, listen_overri
     state.draining = True
     service.notify("STOPPING=1", "STATUS=draining")
     log.info("%s draining: %d request(s) in flight, up to %gs to finish", who, state.in_flight, config.server.shutdown_grace)
-    await runner.cleanup()
+    await drain(runner, state, config.server.shutdown_grace, who)
     if watchdog is not None:
         watchdog.cancel()
     log.info("%s stopped", who)
 
 
-_RESTART_ONLY = ("workers", "shutdown_grace", "state_dir", "stats", "tls_cert", "tls_key")
+_RESTART_ONLY = ("workers", "shutdown_grace", "state_dir", "stats", "tls_cert", "tls_key",
+                 "keepalive_timeout", "request_header_timeout", "request_body_timeout", "max_connections")
 
 
 def _reload(app: web.Application, listen_override: str | None) -> None:

@@ -234,6 +234,13 @@ class Server:
     image_fetch_allow_private: bool = False
     ollama_version: str = ""  # what /api/version reports; empty: the Ollama adapter's default
     discovery_ttl: float = 600  # seconds an upstream's discovered model list is used before it is fetched again
+    image_fetch_max_total_bytes: int = 32 * 1024 * 1024  # per request, all its images together
+    image_fetch_concurrency: int = 4  # image downloads at once, across the process
+    keepalive_timeout: float = 75  # an idle keep-alive connection is closed after this
+    request_header_timeout: float = 10  # from a request's first byte to the end of its head; 0: none
+    request_body_timeout: float = 60  # from the end of the head to the end of the body; 0: none
+    max_connections: int = 0  # 0: from the process's file limit (connections.default_max_connections)
+    auth_lockout_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # networks never locked out after wrong keys
 
     @property
     def host(self) -> str:
@@ -431,7 +438,27 @@ def _read_server(r: _Reader, raw: Any) -> Server:
         image_fetch_allow_private=g("image_fetch_allow_private", bool),
         discovery_ttl=g("discovery_ttl", (int, float), _at_least(1)),
         ollama_version=g("ollama_version", str, lambda v: None if re.match(r"^\d+\.\d+\.\d+", v) else f"expected a version like 0.13.5, got {v!r}"),
+        image_fetch_max_total_bytes=g("image_fetch_max_total_bytes", int, _at_least(1)),
+        image_fetch_concurrency=g("image_fetch_concurrency", int, _at_least(1)),
+        keepalive_timeout=g("keepalive_timeout", (int, float), _at_least(1)),
+        request_header_timeout=g("request_header_timeout", (int, float), _at_least(0)),
+        request_body_timeout=g("request_body_timeout", (int, float), _at_least(0)),
+        max_connections=g("max_connections", int, _at_least(0)),
+        auth_lockout_exempt=_networks(r, t, "auth_lockout_exempt", d.auth_lockout_exempt),
     )
+
+
+def _networks(r: _Reader, t: dict, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of networks (``10.0.0.0/8``) or single addresses, each checked."""
+    if key not in t:
+        return default
+    values = r.strings("server", t, key)
+    for i, value in enumerate(values):
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            r.error(f"server.{key}[{i}]", f"expected a network like 10.0.0.0/8 or an address, got {value!r}")
+    return values
 
 
 def _read_keys(r: _Reader, raw: Any) -> tuple[AccessKey, ...]:

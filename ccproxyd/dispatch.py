@@ -128,6 +128,7 @@ class Dispatcher:
         self.pacer = pacer or Pacer(LocalState())
         self.body_log = body_log  # the client side of server.log_bodies (the upstream side is logged by the client)
         self.discovery = Discovery(upstream)
+        self.stopping = False  # set by drain.py just before it cancels what outlived shutdown_grace
 
     # ------------------------------------------------------------ planning
 
@@ -150,6 +151,14 @@ class Dispatcher:
     # ------------------------------------------------------------ chat
 
     async def chat(self, request: web.Request, route: Route, config: Config, record: RequestRecord, key_groups: tuple[str, ...]) -> web.StreamResponse:
+        try:
+            return await self._chat(request, route, config, record, key_groups)
+        except asyncio.CancelledError:
+            if self.stopping:  # not answered within shutdown_grace (a stream says so itself, in _stream_to_client)
+                raise Unavailable("server shutting down") from None
+            raise
+
+    async def _chat(self, request: web.Request, route: Route, config: Config, record: RequestRecord, key_groups: tuple[str, ...]) -> web.StreamResponse:
         inbound = ADAPTERS[route.protocol or "openai"]
         body = await read_json_body(request, config.server.max_body_bytes, config.server.max_json_depth)
         bodies = self.body_log()
@@ -329,6 +338,17 @@ class Dispatcher:
             else:
                 await write(encoder.end())
             await resp.write_eof()
+        except ConnectionResetError:  # the client hung up: the access log says cancelled; the upstream is closed by chat()
+            record.cancelled, record.status = True, 499
+        except asyncio.CancelledError:
+            if not self.stopping:  # the client hung up (aiohttp cancels the handler)
+                raise
+            record.error_kind = "shutdown"  # the access log says so; metrics do not count it against the upstream
+            try:
+                await write(encoder.error(Unavailable("server shutting down")))
+                await resp.write_eof()
+            except ConnectionResetError:
+                pass
         finally:
             if bodies is not None:
                 text = b"".join(sent)[:_BODY_LOG_LIMIT].decode("utf-8", "replace")

@@ -71,6 +71,12 @@ class NotFound(ProxyError):
     status, kind = 404, "not_found"
 
 
+class RequestTimeout(ProxyError):
+    """The client did not send its request body within server.request_body_timeout."""
+
+    status, kind = 408, "timeout"
+
+
 class TooLarge(ProxyError):
     status, kind = 413, "request_too_large"
 

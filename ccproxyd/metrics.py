@@ -28,6 +28,7 @@ from aiohttp import web
 
 from . import __version__
 from .config import Config
+from .keyview import GroupView
 from .observe import RequestRecord
 from .routing import COOLING_STATUS
 from .service import read_status, write_atomically
@@ -79,9 +80,13 @@ FAMILIES = (
     Family("ccproxyd_worker_restarts_total", "counter", "Worker processes restarted after they died."),
     Family("ccproxyd_start_time_seconds", "gauge", "Unix time the oldest serving process started.", merge="min"),
     Family("ccproxyd_info", "gauge", "ccproxyd version.", ("version",), merge="max"),
+    Family("ccproxyd_open_connections", "gauge", "Client connections open now."),
+    Family("ccproxyd_connections_closed_total", "counter",
+           "Client connections closed or refused by a limit: idle, header_timeout, body_timeout, max_connections.", ("reason",)),
 )
 _BY_NAME = {f.name: f for f in FAMILIES}
-_LIVE_ONLY = frozenset({"ccproxyd_in_flight_requests", "ccproxyd_open_streams", "ccproxyd_cooling_scopes", "ccproxyd_start_time_seconds", "ccproxyd_info"})
+_LIVE_ONLY = frozenset({"ccproxyd_in_flight_requests", "ccproxyd_open_streams", "ccproxyd_cooling_scopes", "ccproxyd_start_time_seconds", "ccproxyd_info",
+                        "ccproxyd_open_connections"})
 
 # family name -> labels -> value (counter, gauge) or [bucket counts..., sum, count] (histogram)
 Samples = dict[str, dict[Labels, Any]]
@@ -155,7 +160,7 @@ class Metrics:
             return
         if r.status >= 400:
             self.inc("ccproxyd_upstream_failures_total", (target, str(r.status)))
-        elif r.error_kind:
+        elif r.error_kind and r.error_kind != "shutdown":  # a stream ended by our own shutdown (drain.py) is no upstream failure
             self.inc("ccproxyd_upstream_failures_total", (target, "stream_error"))
 
     def _alias_label(self, group_name: str | None, alias: str) -> str:
@@ -208,9 +213,14 @@ class Metrics:
         stats = getattr(state, "stats", None)
         if stats is not None:
             samples["ccproxyd_stats_rows_dropped_total"] = {(): stats.dropped}
+        guard = getattr(state, "connections", None)
+        if guard is not None:
+            samples["ccproxyd_open_connections"] = {(): guard.open}
+            samples["ccproxyd_connections_closed_total"] = {(reason,): count for reason, count in guard.closed.items()}
         return merge([samples, self.base]) if self.base else samples
 
-    def render(self, state: Any) -> bytes:
+    def render(self, state: Any, groups: tuple[str, ...] = ()) -> bytes:
+        """The text exposition; ``groups`` (an access key's) limits it to the series of those groups."""
         runtime_dir, index = getattr(state, "runtime_dir", None), getattr(state, "worker_index", None)
         own = self.collect(state)
         if runtime_dir is not None and index is not None:
@@ -227,6 +237,8 @@ class Metrics:
             merged["ccproxyd_config_reloads_total"] = {(k,): v for k, v in status["reloads"].items()}
         else:
             merged["ccproxyd_workers"] = {("configured",): 1, ("ready",): 0 if getattr(state, "draining", False) else 1}
+        if groups:
+            merged = only_groups(merged, GroupView(self._config(), groups))
         return format_text(merged).encode()
 
     # ------------------------------------------------------------ worker snapshots
@@ -363,3 +375,15 @@ def format_text(samples: Samples) -> str:
             lines.append(f"{family.name}_sum{_labels(family.labels, labels)} {_number(value[-2])}")
             lines.append(f"{family.name}_count{_labels(family.labels, labels)} {_number(value[-1])}")
     return "\n".join(lines) + "\n"
+
+
+def only_groups(samples: Samples, view: GroupView) -> Samples:
+    """The series an access key limited to some groups may see (see keyview.py)."""
+    out: Samples = {}
+    for name, values in samples.items():
+        family = _BY_NAME.get(name)
+        if family is None:
+            continue
+        out[name] = {labels: value for labels, value in values.items()
+                     if all(view.allows(label, str(v)) for label, v in zip(family.labels, labels))}
+    return out

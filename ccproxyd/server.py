@@ -8,7 +8,9 @@ dispatches on the parsed Route's action.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import ipaddress
 import logging
 import math
 import os
@@ -31,6 +33,7 @@ from .config import AccessKey, Config, ConfigError, is_loopback, load_config
 from .dispatch import CLIENT_HEADERS, Dispatcher
 from .embeddings import EMBED_ACTIONS, embed
 from .errors import AuthError, NotFound, ProxyError, RateLimited
+from .keyview import GroupView
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
 from .observe import BodyLogs, Observer, RequestRecord, TappedUpstream, redact_secrets
 from .paths import MethodNotAllowed, PathNotFound, Route, client_hint, parse_path
@@ -81,6 +84,8 @@ class AppState:
     limiter: KeyLimiter = field(init=False)
     recent: RecentRequests = field(default_factory=RecentRequests)  # for the status page
     reload: Callable[[], Any] = lambda: None  # what SIGHUP does (set by create_app, refined by the cli)
+    requests: set[asyncio.Task] = field(default_factory=set)  # the tasks of requests in flight, for drain.py
+    connections: Any = None  # the connections.Guard of the running server (its counts are in /metrics)
 
     def __post_init__(self) -> None:
         self.dispatcher = Dispatcher(self.router, self.upstream, lambda: self.bodies.current(self.config), Pacer(self.shared))
@@ -149,6 +154,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     protocol: str | None = None
     state.in_flight += 1
     state.recent.begin(record)
+    task = asyncio.current_task()
+    state.requests.add(task)  # type: ignore[arg-type]
     try:
         try:
             route = parse_path(request.method, request.path, dict(request.query), client_hint(request.headers))
@@ -169,9 +176,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except ProxyError as e:
         record.status, record.error_kind = e.status, e.kind
         return _error_response(protocol, e, state.config)
-    except (asyncio.CancelledError, ConnectionResetError):  # the client went away
-        record.cancelled, record.status = True, record.status or 499
+    except asyncio.CancelledError:  # the client went away (nginx's 499: client closed the request)
+        record.cancelled, record.status = True, 499
         raise
+    except ConnectionResetError:  # the same, noticed on a read or write: one access-log line, no traceback
+        record.cancelled, record.status = True, 499
+        return web.Response(status=499)
     except web.HTTPException:
         raise
     except Exception:
@@ -181,6 +191,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     finally:
         state.in_flight -= 1
         state.recent.end(record)
+        state.requests.discard(task)  # type: ignore[arg-type]
         if record.action and record.action not in _OPEN_ACTIONS | _UNLOGGED:
             state.observer.finished(record)
 
@@ -270,6 +281,8 @@ def _locked_out(state: AppState, remote: str) -> RateLimited:
 
 
 def _note_auth_failure(state: AppState, remote: str, per_minute: int) -> None:
+    if lockout_exempt(remote, state.config.server.auth_lockout_exempt):
+        return  # one misconfigured local script must not lock out every local client
     failures = state.auth_failures[remote]
     failures.append(time.monotonic())
     while len(failures) > per_minute:
@@ -280,6 +293,22 @@ def _note_auth_failure(state: AppState, remote: str, per_minute: int) -> None:
             del state.auth_failures[address]
         if len(state.auth_failures) > 10_000:
             state.auth_failures.clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(specs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(spec, strict=False) for spec in specs)
+
+
+def lockout_exempt(remote: str, specs: tuple[str, ...]) -> bool:
+    """Whether ``remote`` is in server.auth_lockout_exempt (wrong keys from there never lock the address out)."""
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address.version == net.version and address in net for net in _networks(specs))
 
 
 # ---------------------------------------------------------------- the handler
@@ -308,7 +337,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if state.metrics is None:
             raise NotFound("metrics are not enabled")
         await state.limiter.refresh_budgets(config.keys)
-        return web.Response(body=state.metrics.render(state), headers={"Content-Type": METRICS_CONTENT_TYPE})
+        return web.Response(body=state.metrics.render(state, key_groups), headers={"Content-Type": METRICS_CONTENT_TYPE})
     if action in ("mcp_sse", "mcp_http"):
         if state.mcp is None:
             raise NotFound("no MCP servers are configured")
@@ -356,15 +385,19 @@ def _health(request: web.Request, state: AppState) -> web.Response:
         body["last_reload"] = last_reload
     if request.query.get("deep"):
         presented = _presented_key(request)
+        view = None
         if state.config.keys:
             remote, per_minute = request.remote or "", state.config.server.auth_failures_per_minute
             if _auth_blocked(state, remote, per_minute):
                 raise _locked_out(state, remote)
-            if not (presented and find_key(state.config.keys, presented)):
+            key = find_key(state.config.keys, presented) if presented else None
+            if key is None:
                 if presented:
                     _note_auth_failure(state, remote, per_minute)
                 raise AuthError("deep health needs an access key")
-        body["cooldowns"] = state.router.snapshot()
+            view = GroupView(state.config, key.groups) if key.groups else None
+        cooldowns = state.router.snapshot()
+        body["cooldowns"] = [c for c in cooldowns if view.allows_cooldown(c)] if view else cooldowns
         body["in_flight"] = state.in_flight
         body["open_streams"] = state.metrics.open_streams if state.metrics else None
         body["pid"], body["worker"] = os.getpid(), state.worker_index

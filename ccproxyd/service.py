@@ -419,8 +419,8 @@ class Supervisor:
         log.info("stopping %d workers (grace %gs)", len(live), self.grace)
         for proc in live:
             proc.send_signal(signal.SIGTERM)
-        # a worker may wait up to twice the grace (in-flight handlers, then their cancellation)
-        deadline = 2 * self.grace + 10
+        # a worker ends what outlives the grace itself (drain.py); this is for one that hangs
+        deadline = self.grace + 10
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in live)), deadline)
         except TimeoutError:

@@ -307,7 +307,8 @@ async def test_image_fetch_connects_to_the_checked_address_not_a_second_lookup(m
 
 async def test_auth_failures_are_rate_limited_per_address(start_upstream, start_proxy):
     upstream = await start_upstream("openai")
-    proxy = await start_proxy(proxy_config([upstream], server={"auth_failures_per_minute": 3}))
+    # loopback stands for a remote address here: nothing is exempt from the lockout (test_defenses.py tests the exemption)
+    proxy = await start_proxy(proxy_config([upstream], server={"auth_failures_per_minute": 3, "auth_lockout_exempt": []}))
     url = proxy.url + "/v1/chat/completions"
     body = chat_request("openai", "m-openai")[1]
     async with aiohttp.ClientSession() as session:

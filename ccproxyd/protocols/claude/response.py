@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from ... import ir
-from ...errors import ProxyError, UpstreamError, kind_for_status
+from ...errors import BadGateway, ProxyError, UpstreamError, kind_for_status
 from ..base import ModelInfo
 from .wire import (
     CLAUDE_THINKING,
@@ -29,13 +29,13 @@ def decode_response(body: bytes) -> ir.Response:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UpstreamError(502, "bad_gateway", "upstream answered a body that is not JSON") from None
+        raise BadGateway("the Anthropic upstream answered a body that is not JSON") from None
     if not isinstance(data, dict):
-        raise UpstreamError(502, "bad_gateway", "upstream answered JSON that is not a message")
+        raise BadGateway("the Anthropic upstream answered JSON that is not a message")
     if data.get("type") == "error":
         raise decode_error(500, body)
     if not isinstance(data.get("content"), list):
-        raise UpstreamError(502, "bad_gateway", "upstream message has no content list")
+        raise BadGateway("the Anthropic upstream answered a message without a content list")
     parts = [p for block in data["content"] if isinstance(block, dict) for p in _part(block)]
     called = any(isinstance(p, ir.ToolCall) for p in parts)
     usage = data.get("usage")
