@@ -258,7 +258,8 @@ async def test_a_wrong_key_on_a_keyless_protocol_is_refused(start_emulator, star
 
 async def test_the_lockout_429_says_when_the_address_may_try_again(start_emulator, start_proxy):
     _, url = await start_emulator()
-    proxy = await start_proxy(make_config({"p": (url, ["k"])}, {"m": ["p/x"]}, auth_failures_per_minute=2))
+    proxy = await start_proxy(make_config({"p": (url, ["k"])}, {"m": ["p/x"]}, auth_failures_per_minute=2,
+                                                auth_lockout_exempt=[]))  # loopback stands for a remote client here
     async with openai_client(proxy.url, key="sk-a-wrong-guess-01") as client:
         for _ in range(2):
             with pytest.raises(openai.AuthenticationError):
