@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from .paths import GROUP_NAME, RESERVED_SEGMENTS
 
-PROTOCOLS = ("openai", "claude", "gemini", "ollama")
+PROTOCOLS = ("openai", "claude", "gemini", "ollama", "responses")
 STRATEGIES = ("round_robin", "weighted", "priority")
 DEFAULT_LISTEN = "127.0.0.1:11435"
 
@@ -132,6 +132,9 @@ class Server:
     state_dir: str | None = None
     stats: bool = True
     stats_retention_days: int = 90
+    conversation_store: bool = True  # keep stored responses (Responses API store / previous_response_id)
+    conversation_ttl_hours: float = 24
+    conversation_max_mb: int = 256
     tls_cert: str | None = None
     tls_key: str | None = None
     auth_failures_per_minute: int = 30
@@ -322,6 +325,9 @@ def _read_server(r: _Reader, raw: Any) -> Server:
         state_dir=g("state_dir", str),
         stats=g("stats", bool),
         stats_retention_days=g("stats_retention_days", int, _at_least(1)),
+        conversation_store=g("conversation_store", bool),
+        conversation_ttl_hours=g("conversation_ttl_hours", (int, float), _at_least(0.01)),
+        conversation_max_mb=g("conversation_max_mb", int, _at_least(1)),
         tls_cert=tls_cert,
         tls_key=tls_key,
         auth_failures_per_minute=g("auth_failures_per_minute", int, _at_least(1)),

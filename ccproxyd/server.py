@@ -26,6 +26,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from . import __version__
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
+from .conversations import ConversationStore
 from .dispatch import Dispatcher
 from .errors import AuthError, NotFound, ProxyError, RateLimited
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics
@@ -265,6 +266,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         body = await dispatcher.count_tokens(request, route, config, record, key_groups)
     elif action == "show":
         body = await dispatcher.show(request, route, config, key_groups)
+    elif action == "stored":
+        body = await dispatcher.stored(request, route, record)
     elif action == "version":
         body = adapter.encode_version()
     else:
@@ -369,6 +372,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(_on_prepare)
     app.on_response_prepare.append(state.metrics.on_response_prepare)
     app.cleanup_ctx.append(_stats_ctx)
+    app.cleanup_ctx.append(_conversations_ctx)
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_mcp_ctx)
@@ -394,6 +398,16 @@ async def _stats_ctx(app: web.Application):  # type: ignore[no-untyped-def]
         state.observer.sinks.remove(state.stats.record)
         await asyncio.get_running_loop().run_in_executor(None, state.stats.close)
     state.bodies.close()
+
+
+async def _conversations_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """The stored-conversation database (opened on first use), when server.conversation_store is on."""
+    state = app[STATE]
+    if state.config.server.conversation_store:
+        state.dispatcher.conversations = ConversationStore.from_config(state.config.server)
+    yield
+    if state.dispatcher.conversations is not None:
+        state.dispatcher.conversations.close()
 
 
 async def _metrics_ctx(app: web.Application):  # type: ignore[no-untyped-def]

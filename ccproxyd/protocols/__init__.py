@@ -7,7 +7,8 @@ from .claude import ADAPTER as CLAUDE
 from .gemini import ADAPTER as GEMINI
 from .ollama import ADAPTER as OLLAMA
 from .openai import ADAPTER as OPENAI
+from .responses import ADAPTER as RESPONSES
 
-ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, CLAUDE, GEMINI, OLLAMA)}
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, CLAUDE, GEMINI, OLLAMA, RESPONSES)}
 
 __all__ = ["ADAPTERS", "Adapter"]

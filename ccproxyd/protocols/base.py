@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, ClassVar, Mapping
 
 from .. import ir
 from ..config import Provider
-from ..errors import NotFound, ProxyError, UpstreamError
+from ..errors import ClientError, NotFound, ProxyError, UpstreamError
 from ..paths import Route
 
 
@@ -112,6 +112,28 @@ class Adapter(ABC):
     def encode_version(self) -> dict[str, Any]:
         raise NotFound("this protocol has no version endpoint")
 
+    # ------------------------------------------------------------ stored conversations (protocols that keep state)
+
+    def continues(self, req: ir.Request) -> str | None:
+        """The id of the stored conversation this request continues, if any."""
+        return None
+
+    def resume(self, req: ir.Request, record: dict[str, Any]) -> ir.Request:
+        """``req`` with the stored conversation ``record`` put in front of it."""
+        return req
+
+    def keeps(self, req: ir.Request) -> bool:
+        """Whether the exchange is to be stored once it finishes (then :meth:`to_store` says how)."""
+        return False
+
+    def to_store(self, req: ir.Request, resp: ir.Response) -> tuple[str, dict[str, Any]] | None:
+        """The id and record to keep of a finished exchange; None keeps nothing."""
+        return None
+
+    def encode_stored(self, response_id: str, record: dict[str, Any] | None) -> dict[str, Any]:
+        """A stored record as the client reads it (GET), or the answer to its deletion (``record`` None)."""
+        raise NotFound("this protocol keeps no stored conversations")
+
     # ------------------------------------------------------------ outbound (upstream side)
 
     @abstractmethod
@@ -128,6 +150,12 @@ class Adapter(ABC):
     @abstractmethod
     def decode_error(self, status: int, body: bytes) -> UpstreamError:
         """An upstream error response → UpstreamError with the upstream's message."""
+
+    def check_request(self, req: ir.Request) -> None:
+        """Refuse, before any call, what the request asks of this upstream and cannot be given."""
+        choice = req.tool_choice
+        if choice and choice.mode == "tool" and choice.name not in {t.name for t in req.tools}:
+            raise ClientError(f"tool_choice forces the tool {choice.name!r}, which this upstream ({self.name}) does not have", param="tool_choice")
 
     def encode_count_tokens_request(self, req: ir.Request, target: UpstreamTarget) -> UpstreamCall | None:
         """An upstream token-count call, or None when the protocol has none."""
