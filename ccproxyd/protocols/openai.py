@@ -22,6 +22,7 @@ FINISH_FROM_OPENAI: dict[str, ir.FinishReason] = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
+REASONING_FIELDS = ("reasoning_content", "reasoning")  # where OpenAI-compatible servers put thinking
 FINISH_TO_OPENAI = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter", "error": "stop", "other": "stop"}
 ERROR_TYPES = {
     "invalid_request": "invalid_request_error",
@@ -109,9 +110,11 @@ def _decode_messages(raw: list[Any]) -> tuple[list[ir.Part], list[ir.Message]]:
             messages.append(ir.Message("user", _decode_content(content, at + ".content")))
         elif role == "assistant":
             parts = []
-            reasoning = opt(msg, "reasoning_content", str, at + ".")
-            if reasoning:
-                parts.append(ir.Reasoning(reasoning))
+            for field in REASONING_FIELDS:
+                reasoning = opt(msg, field, str, at + ".")
+                if reasoning:
+                    parts.append(_reasoning(reasoning, field))
+                    break
             parts.extend(_decode_content(content, at + ".content"))
             if msg.get("tool_calls") is not None:
                 parts.extend(_decode_tool_calls(msg["tool_calls"], at + ".tool_calls"))
@@ -167,6 +170,23 @@ def _decode_response_format(raw: Any) -> ir.ResponseFormat | None:
 # ---------------------------------------------------------------- request encoding
 
 
+def _reasoning(text: str, field: str) -> ir.Reasoning:
+    """Reasoning an OpenAI-compatible server (DeepSeek, Kimi, Qwen...) put in ``field``, marked as such."""
+    return ir.Reasoning(text, provider_metadata={"openai": {"field": field}})
+
+
+def _reasoning_back(parts: list[ir.Part]) -> dict[str, str]:
+    """An assistant turn's reasoning in the field it came in: such servers need it back on tool-call turns
+    in thinking mode. Only reasoning from an OpenAI-compatible server goes back; other providers' stays."""
+    out: dict[str, str] = {}
+    for p in parts:
+        meta = (p.provider_metadata or {}).get("openai") if isinstance(p, ir.Reasoning) else None
+        if meta and p.text:
+            field = meta.get("field") if meta.get("field") in REASONING_FIELDS else "reasoning_content"
+            out[field] = out.get(field, "") + p.text
+    return out
+
+
 def _image_url(image: ir.Image) -> str:
     if image.data is not None:
         return f"data:{image.media_type or 'image/png'};base64,{image.data}"
@@ -195,6 +215,7 @@ def _encode_messages(req: ir.Request) -> list[dict[str, Any]]:
         elif msg.role == "assistant":
             calls = [p for p in msg.parts if isinstance(p, ir.ToolCall)]
             entry: dict[str, Any] = {"role": "assistant", "content": ir.text_of(msg.parts) or None}
+            entry.update(_reasoning_back(msg.parts))
             if calls:
                 entry["tool_calls"] = [
                     {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": orjson.dumps(c.arguments).decode()}}
@@ -273,9 +294,11 @@ class OpenAIStreamDecoder:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                out.extend(self.blocks.reasoning(reasoning))
+            for field in REASONING_FIELDS:
+                reasoning = delta.get(field)
+                if isinstance(reasoning, str) and reasoning:
+                    out.extend(self.blocks.reasoning(reasoning, {"openai": {"field": field}}))
+                    break
             if isinstance(delta.get("content"), str) and delta["content"]:
                 out.extend(self.blocks.text(delta["content"]))
             for call in delta.get("tool_calls") or ():
@@ -504,9 +527,9 @@ class OpenAIAdapter(Adapter):
         choice = data["choices"][0]
         message = choice.get("message") or {}
         parts: list[ir.Part] = []
-        reasoning = message.get("reasoning_content") or message.get("reasoning")
-        if isinstance(reasoning, str) and reasoning:
-            parts.append(ir.Reasoning(reasoning))
+        field = next((f for f in REASONING_FIELDS if isinstance(message.get(f), str) and message[f]), None)
+        if field:
+            parts.append(_reasoning(message[field], field))
         if isinstance(message.get("content"), str) and message["content"]:
             parts.append(ir.Text(message["content"]))
         for call in message.get("tool_calls") or ():

@@ -64,12 +64,10 @@ def decode_request(body: dict[str, Any], headers: Mapping[str, str]) -> ir.Reque
         wire.ECHO: {"tools": body.get("tools") or [], **{k: body[k] for k in _ECHOED if k in body}},
     })
     system, messages = decode_items(items, names, allow_references=previous is not None)
-    if instructions:
-        system = [ir.Text(instructions), *system]
     return ir.Request(
         model=model,
         messages=messages,
-        system=system,
+        system=system_prompt(instructions, system),
         tools=tools,
         tool_choice=_decode_tool_choice(body.get("tool_choice"), names),
         max_tokens=integer(body, "max_output_tokens"),
@@ -83,12 +81,19 @@ def decode_request(body: dict[str, Any], headers: Mapping[str, str]) -> ir.Reque
     )
 
 
+def system_prompt(instructions: str | None, system: list[ir.Part]) -> list[ir.Part]:
+    """``instructions`` and the leading system/developer messages, one paragraph each."""
+    texts = [instructions] if instructions else []
+    texts += [p.text for p in system if isinstance(p, ir.Text) and p.text]
+    return [ir.Text("\n\n".join(texts))] if texts else []
+
+
 def normalise_input(raw: Any) -> list[dict[str, Any]]:
     if raw is None:
         return []
     if isinstance(raw, str):
         return [{"type": "message", "role": "user", "content": raw}]
-    check(raw, list, "input")
+    check(raw, (str, list), "input")
     for i, item in enumerate(raw):
         check(item, dict, f"input[{i}]")
     return raw

@@ -14,7 +14,7 @@ from typing import Any
 
 from ... import ir
 from . import wire
-from .inbound import decode_items
+from .inbound import decode_items, system_prompt
 from .response import encode_response
 
 _OUTPUT_TYPES = frozenset({"message", "reasoning", "function_call", "custom_tool_call"})
@@ -37,10 +37,8 @@ def resume(req: ir.Request, stored: dict[str, Any]) -> ir.Request:
     items = [*history, *(state.get(wire.INPUT) or [])]
     by_id = {item["id"]: item for item in history if isinstance(item, dict) and item.get("id")}
     system, messages = decode_items(items, state.get(wire.TOOL_NAMES) or {}, lookup=by_id.get)
-    instructions = (state.get(wire.ECHO) or {}).get("instructions")
-    if instructions:
-        system = [ir.Text(instructions), *system]
     resumed = _with_state(req, {wire.HISTORY: history})
+    system = system_prompt((state.get(wire.ECHO) or {}).get("instructions"), system)
     return dataclasses.replace(resumed, system=system, messages=messages)
 
 

@@ -46,7 +46,7 @@ class ResponsesStreamEncoder(StreamEncoder):
         self.usage = ir.Usage()
         self.status = "in_progress"
         self.incomplete: dict[str, str] | None = None
-        self.error: dict[str, Any] | None = None
+        self.failure: dict[str, Any] | None = None
         self.started = False
 
     # ------------------------------------------------------------ the response object
@@ -54,7 +54,7 @@ class ResponsesStreamEncoder(StreamEncoder):
     def response(self) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id, "object": "response", "created_at": self.created, "status": self.status,
-            "error": self.error, "incomplete_details": self.incomplete, "model": self.req.model,
+            "error": self.failure, "incomplete_details": self.incomplete, "model": self.req.model,
             "output": list(self.output), "parallel_tool_calls": self.echo.get("parallel_tool_calls", True),
             "tool_choice": self.echo.get("tool_choice", "auto"), "tools": self.echo.get("tools", []),
             "store": self.store, "metadata": self.echo.get("metadata") or {},
@@ -204,7 +204,7 @@ class ResponsesStreamEncoder(StreamEncoder):
             self.output.append(self.item)
             self.item = None
         self.status = "failed"
-        self.error = {"code": wire.error_object(err)["type"], "message": err.message}
+        self.failure = {"code": wire.error_object(err)["type"], "message": err.message}
         return out + self._event("response.failed", response=self.response())
 
 

@@ -102,6 +102,10 @@ def finish_from(status: str | None, details: Any, saw_call: bool) -> ir.Finish:
 
 
 def error_object(err: ProxyError) -> dict[str, Any]:
+    """OpenAI's error object; an unknown stored response is an invalid request there, with its own code."""
+    if err.kind == "not_found":
+        code = "previous_response_not_found" if err.param == "previous_response_id" else "not_found"
+        return {"message": err.message, "type": "invalid_request_error", "param": err.param, "code": code}
     return {"message": err.message, "type": ERROR_TYPES.get(err.kind, "server_error"), "param": err.param, "code": err.kind}
 
 
