@@ -19,6 +19,7 @@ import orjson
 from ... import ir
 from ...errors import ClientError
 from ..fields import check, integer, number, opt, req, split_data_url
+from .. import carry
 from . import wire
 
 log = logging.getLogger("ccproxyd.responses")
@@ -164,7 +165,7 @@ def decode_items(
 def _reasoning(item: dict[str, Any], at: str) -> ir.Reasoning | None:
     encrypted = opt(item, "encrypted_content", str, at + ".")
     if encrypted:
-        ours = wire.decode_blob(encrypted)
+        ours = carry.unwrap(encrypted)
         if ours is not None:
             return ours
     texts = [s.get("text", "") for s in opt(item, "summary", list, at + ".") or () if isinstance(s, dict)]

@@ -22,6 +22,7 @@ from ... import ir
 from ...errors import ProxyError
 from ...streams import iter_sse, sse_frame
 from ..base import StreamEncoder
+from .. import carry
 from . import wire
 
 
@@ -165,7 +166,7 @@ class ResponsesStreamEncoder(StreamEncoder):
                                part={"type": "summary_text", "text": text})
             self.item["summary"] = [{"type": "summary_text", "text": text}]
         if self.encrypted:
-            self.item["encrypted_content"] = wire.encode_blob(part)
+            self.item["encrypted_content"] = carry.wrap(part)
         self.reasoning = None
         return out + self._done()
 

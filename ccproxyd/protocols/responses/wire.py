@@ -1,27 +1,21 @@
-"""The Responses API's shared vocabulary: ids, usage, status, errors, and the
-opaque ``encrypted_content`` ccproxyd hands its clients.
+"""The Responses API's shared vocabulary: ids, usage, status, errors.
 
-A reasoning item's ``encrypted_content`` carries whatever the upstream needs to
-continue (a Claude thinking signature, Gemini thought signatures, a Responses
-upstream's own blob) as one opaque value: ``ccpx1.`` + base64url(JSON of the IR
-reasoning part). Decoding it gives the part back byte for byte, so multi-turn
+A reasoning item's ``encrypted_content`` is the IR reasoning part wrapped by
+:mod:`..carry`: whatever the upstream needs to continue (a Claude signature,
+Gemini thought signatures, a Responses upstream's own blob), so multi-turn
 reasoning with tools works with ``store: false``.
 """
 
 from __future__ import annotations
 
-import base64
 import uuid
 from typing import Any
-
-import orjson
 
 from ... import ir
 from ...errors import ProxyError
 from ..openai import ERROR_TYPES
 
 NAME = "responses"
-BLOB_PREFIX = "ccpx1."
 ENCRYPTED_INCLUDE = "reasoning.encrypted_content"
 
 # Keys of extras["responses"] that are ours, not body fields (never sent upstream).
@@ -107,36 +101,3 @@ def error_object(err: ProxyError) -> dict[str, Any]:
         code = "previous_response_not_found" if err.param == "previous_response_id" else "not_found"
         return {"message": err.message, "type": "invalid_request_error", "param": err.param, "code": code}
     return {"message": err.message, "type": ERROR_TYPES.get(err.kind, "server_error"), "param": err.param, "code": err.kind}
-
-
-# ---------------------------------------------------------------- encrypted reasoning
-
-
-def encode_blob(part: ir.Reasoning) -> str:
-    data: dict[str, Any] = {"t": part.text}
-    if part.signature:
-        data["s"] = part.signature
-    if part.redacted is not None:
-        data["r"] = part.redacted
-    if part.provider_metadata:
-        data["m"] = part.provider_metadata
-    return BLOB_PREFIX + base64.urlsafe_b64encode(orjson.dumps(data)).decode()
-
-
-def decode_blob(value: str) -> ir.Reasoning | None:
-    """Our blob back as the reasoning part it was; None for anything else."""
-    if not value.startswith(BLOB_PREFIX):
-        return None
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(value[len(BLOB_PREFIX):]))
-    except (ValueError, orjson.JSONDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    meta = data.get("m")
-    return ir.Reasoning(
-        str(data.get("t") or ""),
-        data.get("s") if isinstance(data.get("s"), str) else None,
-        data.get("r") if isinstance(data.get("r"), str) else None,
-        meta if isinstance(meta, dict) else None,
-    )

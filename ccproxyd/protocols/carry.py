@@ -1,0 +1,56 @@
+"""Reasoning a client carries for an upstream of another protocol.
+
+An upstream's reasoning often comes with something it needs back next turn: a
+Claude signature, Gemini thought signatures, a Responses upstream's encrypted
+blob, the field an OpenAI-compatible server put its thinking in. A client of
+another protocol can only hand back its own protocol's opaque slot (a Claude
+thinking ``signature``, a Responses reasoning item's ``encrypted_content``), so
+the whole IR reasoning part travels there as ``ccpx1.`` + base64url(JSON), and
+comes back byte for byte. Only ccproxyd reads it; no upstream ever sees it.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from .. import ir
+
+PREFIX = "ccpx1."
+
+
+def worth_carrying(part: ir.Reasoning) -> bool:
+    """Whether the part holds anything an upstream needs back (text alone it does not)."""
+    return bool(part.signature or part.redacted is not None or part.provider_metadata)
+
+
+def wrap(part: ir.Reasoning) -> str:
+    data: dict[str, Any] = {"t": part.text}
+    if part.signature:
+        data["s"] = part.signature
+    if part.redacted is not None:
+        data["r"] = part.redacted
+    if part.provider_metadata:
+        data["m"] = part.provider_metadata
+    return PREFIX + base64.urlsafe_b64encode(orjson.dumps(data)).decode()
+
+
+def unwrap(value: str) -> ir.Reasoning | None:
+    """A wrapped part back as it was; None for anything else (a real signature, say)."""
+    if not value.startswith(PREFIX):
+        return None
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(value[len(PREFIX):]))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    meta = data.get("m")
+    return ir.Reasoning(
+        str(data.get("t") or ""),
+        data.get("s") if isinstance(data.get("s"), str) else None,
+        data.get("r") if isinstance(data.get("r"), str) else None,
+        meta if isinstance(meta, dict) else None,
+    )

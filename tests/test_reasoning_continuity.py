@@ -1,0 +1,88 @@
+"""Reasoning an upstream needs back reaches it again through clients of other protocols:
+a Responses upstream's encrypted blob through a Claude client's thinking signature, and an
+OpenAI-compatible server's ``reasoning_content`` through OpenAI and Claude clients."""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import openai
+import pytest
+
+from tests.conftest import ACCESS_KEY, proxy_config
+from tests.emulators.base import Reply, ToolCallScript
+from tests.emulators.responses import ENCRYPTED_PREFIX
+
+WEATHER = {"name": "get_weather", "description": "Weather", "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}}
+
+
+async def _setup(start_upstream, start_proxy, tmp_path, protocol):
+    upstream = await start_upstream(protocol)
+    proxy = await start_proxy(proxy_config([upstream], server={"state_dir": str(tmp_path)}))
+    return upstream.emulator, proxy
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_claude_client_carries_a_responses_upstreams_reasoning(start_upstream, start_proxy, tmp_path, stream):
+    emulator, proxy = await _setup(start_upstream, start_proxy, tmp_path, "responses")
+    emulator.script(Reply(text="", reasoning="Look it up.", reasoning_signature="blob-7", tool_calls=[ToolCallScript("get_weather", {"city": "Oslo"}, "call_o")]),
+                    Reply(text="Cold."))
+    client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key=ACCESS_KEY, max_retries=0)
+    kwargs = {"model": "m-responses", "max_tokens": 4000, "tools": [WEATHER], "thinking": {"type": "enabled", "budget_tokens": 2048}}
+    messages = [{"role": "user", "content": "Oslo?"}]
+    if stream:
+        async with client.messages.stream(messages=messages, **kwargs) as s:
+            first = await s.get_final_message()
+    else:
+        first = await client.messages.create(messages=messages, **kwargs)
+    assert emulator.last.body["store"] is False and emulator.last.body["include"] == ["reasoning.encrypted_content"]
+    thinking = first.content[0]
+    assert thinking.type == "thinking" and thinking.signature
+    messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_o", "content": "-5C"}]}]
+    second = await client.messages.create(messages=messages, **kwargs)
+    await client.close()
+    assert second.content[-1].text == "Cold."
+    reasoning = [i for i in emulator.last.body["input"] if i.get("type") == "reasoning"]
+    assert [r["encrypted_content"] for r in reasoning] == [ENCRYPTED_PREFIX + "blob-7"]
+
+
+async def test_openai_client_reasoning_content_goes_back_to_an_openai_compatible_upstream(start_upstream, start_proxy, tmp_path):
+    emulator, proxy = await _setup(start_upstream, start_proxy, tmp_path, "openai")
+    emulator.script(Reply(text="done"))
+    async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=ACCESS_KEY, max_retries=0) as client:
+        await client.chat.completions.create(model="m-openai", messages=[
+            {"role": "user", "content": "Oslo?"},
+            {"role": "assistant", "content": None, "reasoning_content": "Need the tool.",
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": "Oslo"})}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "cold"},
+        ], tools=[{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER["input_schema"]}}])
+    assistant = emulator.last.body["messages"][1]
+    assert assistant["reasoning_content"] == "Need the tool."
+
+
+async def test_claude_client_carries_reasoning_content_of_an_openai_compatible_upstream(start_upstream, start_proxy, tmp_path):
+    emulator, proxy = await _setup(start_upstream, start_proxy, tmp_path, "openai")
+    emulator.script(Reply(text="", reasoning="Think first.", tool_calls=[ToolCallScript("get_weather", {"city": "Rome"}, "call_r")]), Reply(text="Warm."))
+    client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key=ACCESS_KEY, max_retries=0)
+    kwargs = {"model": "m-openai", "max_tokens": 4000, "tools": [WEATHER], "thinking": {"type": "enabled", "budget_tokens": 2048}}
+    first = await client.messages.create(messages=[{"role": "user", "content": "Rome?"}], **kwargs)
+    await client.messages.create(messages=[
+        {"role": "user", "content": "Rome?"},
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_r", "content": "25C"}]}], **kwargs)
+    await client.close()
+    assistant = next(m for m in emulator.last.body["messages"] if m["role"] == "assistant")
+    assert assistant["reasoning_content"] == "Think first."
+
+
+async def test_plain_reasoning_without_a_source_is_not_sent_as_reasoning_content(start_upstream, start_proxy, tmp_path):
+    """Thinking of unknown origin (an Ollama client's) goes to no upstream that did not make it."""
+    emulator, proxy = await _setup(start_upstream, start_proxy, tmp_path, "openai")
+    import ollama
+
+    client = ollama.AsyncClient(host=proxy.url, headers={"Authorization": f"Bearer {ACCESS_KEY}"})
+    await client.chat(model="m-openai", messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "thinking": "hmm"},
+                                                  {"role": "user", "content": "c"}])
+    assert "reasoning_content" not in emulator.last.body["messages"][1]
