@@ -86,3 +86,34 @@ async def test_plain_reasoning_without_a_source_is_not_sent_as_reasoning_content
     await client.chat(model="m-openai", messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b", "thinking": "hmm"},
                                                   {"role": "user", "content": "c"}])
     assert "reasoning_content" not in emulator.last.body["messages"][1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("thoughts", [False, True])
+async def test_gemini_client_carries_a_responses_upstreams_reasoning(start_upstream, start_proxy, tmp_path, stream, thoughts):
+    from google import genai
+    from google.genai import types
+
+    emulator, proxy = await _setup(start_upstream, start_proxy, tmp_path, "responses")
+    emulator.script(Reply(text="", reasoning="Look it up.", reasoning_signature="blob-9", tool_calls=[ToolCallScript("get_weather", {"city": "Lima"}, "call_l")]),
+                    Reply(text="Mild."))
+    client = genai.Client(api_key=ACCESS_KEY, http_options=types.HttpOptions(base_url=proxy.url + "/"))
+    config = types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[types.FunctionDeclaration(name="get_weather", parameters_json_schema=WEATHER["input_schema"])])],
+        thinking_config=types.ThinkingConfig(include_thoughts=thoughts, thinking_budget=1024),
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+    contents = [types.Content(role="user", parts=[types.Part(text="Lima?")])]
+    if stream:
+        chunks = [c async for c in await client.aio.models.generate_content_stream(model="m-responses", contents=contents, config=config)]
+        parts = [p for c in chunks for p in c.candidates[0].content.parts]
+    else:
+        parts = (await client.aio.models.generate_content(model="m-responses", contents=contents, config=config)).candidates[0].content.parts
+    assert any(p.function_call for p in parts)
+    assert any(p.thought_signature for p in parts)
+    contents += [types.Content(role="model", parts=parts),
+                 types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(id="call_l", name="get_weather", response={"result": "18C"}))])]
+    second = await client.aio.models.generate_content(model="m-responses", contents=contents, config=config)
+    await client.aio.aclose()
+    assert second.text == "Mild."
+    reasoning = [i for i in emulator.last.body["input"] if i.get("type") == "reasoning"]
+    assert [r["encrypted_content"] for r in reasoning] == [ENCRYPTED_PREFIX + "blob-9"]

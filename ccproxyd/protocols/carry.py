@@ -5,8 +5,10 @@ Claude signature, Gemini thought signatures, a Responses upstream's encrypted
 blob, the field an OpenAI-compatible server put its thinking in. A client of
 another protocol can only hand back its own protocol's opaque slot (a Claude
 thinking ``signature``, a Responses reasoning item's ``encrypted_content``), so
-the whole IR reasoning part travels there as ``ccpx1.`` + base64url(JSON), and
-comes back byte for byte. Only ccproxyd reads it; no upstream ever sees it.
+the whole IR reasoning part travels there as base64 of ``ccpx1:`` + JSON (plain
+base64, because Gemini's SDK decodes a ``thoughtSignature`` as such; it may
+come back in the URL-safe alphabet or without padding), and comes back byte
+for byte. Only ccproxyd reads it; no upstream ever sees it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import orjson
 
 from .. import ir
 
-PREFIX = "ccpx1."
+MAGIC = b"ccpx1:"
+PREFIX = base64.b64encode(MAGIC).decode()  # "Y2NweDE6": six bytes, so every wrapped value starts with it
 
 
 def worth_carrying(part: ir.Reasoning) -> bool:
@@ -34,7 +37,7 @@ def wrap(part: ir.Reasoning) -> str:
         data["r"] = part.redacted
     if part.provider_metadata:
         data["m"] = part.provider_metadata
-    return PREFIX + base64.urlsafe_b64encode(orjson.dumps(data)).decode()
+    return base64.b64encode(MAGIC + orjson.dumps(data)).decode()
 
 
 def unwrap(value: str) -> ir.Reasoning | None:
@@ -42,7 +45,8 @@ def unwrap(value: str) -> ir.Reasoning | None:
     if not value.startswith(PREFIX):
         return None
     try:
-        data = orjson.loads(base64.urlsafe_b64decode(value[len(PREFIX):]))
+        raw = base64.b64decode(value.replace("-", "+").replace("_", "/") + "=" * (-len(value) % 4))
+        data = orjson.loads(raw[len(MAGIC):]) if raw.startswith(MAGIC) else None
     except (ValueError, orjson.JSONDecodeError):
         return None
     if not isinstance(data, dict):
