@@ -322,3 +322,45 @@ async def test_input_tokens(start_upstream, start_proxy, tmp_path):
     assert status == 200
     body = json.loads(raw)
     assert body["object"] == "response.input_tokens" and body["input_tokens"] > 10
+
+
+def test_paths():
+    from ccproxyd.paths import MethodNotAllowed, Route, parse_path
+
+    assert parse_path("POST", "/v1/responses") == Route("responses", "chat")
+    assert parse_path("POST", "/team/compat_mode/v1/responses") == Route("responses", "chat", "team", True)
+    assert parse_path("POST", "/v1/responses/input_tokens") == Route("responses", "count_tokens")
+    assert parse_path("GET", "/v1/responses/resp_abc") == Route("responses", "stored", item="resp_abc")
+    assert parse_path("DELETE", "/team/v1/responses/resp_abc") == Route("responses", "stored", "team", item="resp_abc")
+    with pytest.raises(MethodNotAllowed):
+        parse_path("PUT", "/v1/responses/resp_abc")
+
+
+async def test_item_reference_to_a_stored_item(start_upstream, start_proxy, tmp_path):
+    emulator, proxy = await _proxy(start_upstream, start_proxy, tmp_path, "claude")
+    emulator.script(Reply(text="Blue."), Reply(text="Yes, blue."))
+    async with _client(proxy) as client:
+        first = await client.responses.create(model="m-claude", input="Favourite colour?")
+        message = first.output[0]
+        await client.responses.create(model="m-claude", previous_response_id=first.id,
+                                      input=[{"type": "item_reference", "id": message.id}, {"role": "user", "content": "Sure?"}])
+    texts = [(m["role"], json.dumps(m["content"])) for m in emulator.last.body["messages"]]
+    assert [r for r, _ in texts] == ["user", "assistant", "user"]
+    assert "Blue." in texts[1][1] and "Sure?" in texts[2][1]
+    assert texts[1][1].count("Blue.") == 2  # the stored answer, and the item the reference brings in again
+
+
+@pytest.mark.parametrize("protocol", ["openai", "claude", "gemini", "ollama", "responses"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstreams_400_reaches_the_sdk_as_400(start_upstream, start_proxy, tmp_path, protocol, stream):
+    emulator, proxy = await _proxy(start_upstream, start_proxy, tmp_path, protocol)
+    emulator.script(Reply(error_status=400, error_message="your prompt is malformed upstream"))
+    async with _client(proxy) as client:
+        with pytest.raises(openai.BadRequestError) as e:
+            if stream:
+                async with client.responses.stream(model=f"m-{protocol}", input="hi", store=False) as s:
+                    await s.get_final_response()
+            else:
+                await client.responses.create(model=f"m-{protocol}", input="hi", store=False)
+    assert "your prompt is malformed upstream" in e.value.body["message"]
+    assert e.value.body["type"] == "invalid_request_error"
