@@ -151,7 +151,8 @@ async def resume(store: ConversationStore | None, adapter: Adapter, req: ir.Requ
 
 
 async def keep(store: ConversationStore | None, adapter: Adapter, req: ir.Request, resp: ir.Response, owner: str) -> None:
-    if store is None:
+    """The finished exchange stored, when the client's protocol asks for it."""
+    if not keeps(store, adapter, req):
         return
     kept = adapter.to_store(req, resp)
     if kept is not None:

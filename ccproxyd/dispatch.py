@@ -155,8 +155,7 @@ class Dispatcher:
                         events = conversations.keep_stream(self.conversations, inbound, client_req, record.key_name or "", first, events)
                     return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies)
                 record.status = 200
-                if conversations.keeps(self.conversations, inbound, client_req):
-                    await conversations.keep(self.conversations, inbound, client_req, response, record.key_name or "")
+                await conversations.keep(self.conversations, inbound, client_req, response, record.key_name or "")
                 answer = inbound.encode_response(response, client_req)
                 if bodies is not None:
                     bodies.write({"request_id": record.request_id, "direction": "client_response", "status": 200, "body": answer})

@@ -18,7 +18,7 @@ GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    protocol: str | None  # openai | claude | gemini | ollama | None (service endpoints)
+    protocol: str | None  # openai | responses | claude | gemini | ollama | None (service endpoints)
     action: str  # chat | models | count_tokens | show | version | stored | root | health | metrics | mcp_sse | mcp_http
     group: str | None = None
     compat: bool = False
