@@ -364,3 +364,25 @@ async def test_an_upstreams_400_reaches_the_sdk_as_400(start_upstream, start_pro
                 await client.responses.create(model=f"m-{protocol}", input="hi", store=False)
     assert "your prompt is malformed upstream" in e.value.body["message"]
     assert e.value.body["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_custom_tool_is_a_one_string_function_upstream(start_upstream, start_proxy, tmp_path, stream):
+    emulator, proxy = await _proxy(start_upstream, start_proxy, tmp_path, "gemini")
+    patch = "*** Begin Patch\n*** Add File: a.txt\n+hi\n*** End Patch"
+    emulator.script(Reply(text="", tool_calls=[ToolCallScript("apply_patch", {"input": patch})]), Reply(text="Patched."))
+    tool = {"type": "custom", "name": "apply_patch", "description": "Edit files", "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}}
+    first_body = {"model": "m-gemini", "input": "add a.txt", "tools": [tool], "store": False, "stream": stream}
+    status, raw = await _post(proxy, first_body)
+    output = _sse(raw)[-1][1]["response"]["output"] if stream else json.loads(raw)["output"]
+    call = output[0]
+    assert (call["type"], call["name"], call["input"]) == ("custom_tool_call", "apply_patch", patch)
+    declared = emulator.last.body["tools"][0]["functionDeclarations"][0]
+    assert declared["name"] == "apply_patch" and "lark" in declared["description"]
+    replay = [{"role": "user", "content": "add a.txt"}, {k: v for k, v in call.items() if k != "status"},
+              {"type": "custom_tool_call_output", "call_id": call["call_id"], "output": "Done!"}]
+    status, raw = await _post(proxy, {**first_body, "input": replay, "stream": False})
+    assert status == 200 and json.loads(raw)["output_text"] == "Patched."
+    parts = [p for c in emulator.last.body["contents"] for p in c["parts"]]
+    assert any(p.get("functionCall", {}).get("args") == {"input": patch} for p in parts)
+    assert any("Done!" in json.dumps(p.get("functionResponse", {})) for p in parts)
