@@ -117,3 +117,39 @@ async def test_gemini_client_carries_a_responses_upstreams_reasoning(start_upstr
     assert second.text == "Mild."
     reasoning = [i for i in emulator.last.body["input"] if i.get("type") == "reasoning"]
     assert [r["encrypted_content"] for r in reasoning] == [ENCRYPTED_PREFIX + "blob-9"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("upstream_protocol", ["responses", "claude"])
+async def test_openai_client_carries_reasoning_in_reasoning_details(start_upstream, start_proxy, tmp_path, stream, upstream_protocol):
+    """OpenRouter-style ``reasoning_details`` (type ``reasoning.encrypted``) carry what the upstream needs back."""
+    emulator, proxy = await _setup(start_upstream, start_proxy, tmp_path, upstream_protocol)
+    emulator.script(Reply(text="", reasoning="Look it up.", reasoning_signature="sig-11", tool_calls=[ToolCallScript("get_weather", {"city": "Kyiv"}, "call_k")]),
+                    Reply(text="Cool."))
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER["input_schema"]}}]
+    messages = [{"role": "user", "content": "Kyiv?"}]
+    async with openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=ACCESS_KEY, max_retries=0) as client:
+        kwargs = {"model": f"m-{upstream_protocol}", "tools": tools, "reasoning_effort": "low"}
+        if stream:
+            message: dict = {"role": "assistant", "content": None, "reasoning_details": [], "tool_calls": []}
+            async for chunk in await client.chat.completions.create(messages=messages, stream=True, **kwargs):
+                for choice in chunk.choices:
+                    extra = choice.delta.model_extra or {}
+                    message["reasoning_details"] += extra.get("reasoning_details") or []
+                    for call in choice.delta.tool_calls or []:
+                        if call.id:
+                            message["tool_calls"].append({"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": ""}})
+                        message["tool_calls"][-1]["function"]["arguments"] += call.function.arguments or ""
+        else:
+            first = await client.chat.completions.create(messages=messages, **kwargs)
+            message = first.choices[0].message.model_dump(exclude_none=True)
+        assert [d["type"] for d in message["reasoning_details"]] == ["reasoning.encrypted"]
+        messages += [message, {"role": "tool", "tool_call_id": "call_k", "content": "12C"}]
+        second = await client.chat.completions.create(messages=messages, **kwargs)
+    assert second.choices[0].message.content == "Cool."
+    if upstream_protocol == "responses":
+        reasoning = [i for i in emulator.last.body["input"] if i.get("type") == "reasoning"]
+        assert [r["encrypted_content"] for r in reasoning] == [ENCRYPTED_PREFIX + "sig-11"]
+    else:
+        assistant = emulator.last.body["messages"][1]["content"]
+        assert assistant[0] == {"type": "thinking", "thinking": "Look it up.", "signature": "sig-11"}

@@ -24,9 +24,11 @@ MAGIC = b"ccpx1:"
 PREFIX = base64.b64encode(MAGIC).decode()  # "Y2NweDE6": six bytes, so every wrapped value starts with it
 
 
-def worth_carrying(part: ir.Reasoning) -> bool:
-    """Whether the part holds anything an upstream needs back (text alone it does not)."""
-    return bool(part.signature or part.redacted is not None or part.provider_metadata)
+def worth_carrying(part: ir.Reasoning, own: str | None = None) -> bool:
+    """Whether the part holds anything an upstream needs back (text alone it does not) beyond
+    what the ``own`` protocol's fields already carry."""
+    others = {k for k in part.provider_metadata or {} if k != own}
+    return bool(part.signature or part.redacted is not None or others)
 
 
 def wrap(part: ir.Reasoning) -> str:

@@ -12,6 +12,7 @@ from .. import ir
 from ..errors import ClientError, ProxyError, UpstreamError
 from ..paths import Route
 from ..streams import iter_sse, sse_frame
+from . import carry
 from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
 from .fields import check, integer, number, opt, req, split_data_url, string_list
 
@@ -23,6 +24,7 @@ FINISH_FROM_OPENAI: dict[str, ir.FinishReason] = {
     "content_filter": "content_filter",
 }
 REASONING_FIELDS = ("reasoning_content", "reasoning")  # where OpenAI-compatible servers put thinking
+CARRY_FORMAT = "ccproxyd-v1"  # the reasoning_details format of the reasoning ccproxyd carries for other upstreams
 FINISH_TO_OPENAI = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter", "error": "stop", "other": "stop"}
 ERROR_TYPES = {
     "invalid_request": "invalid_request_error",
@@ -109,8 +111,8 @@ def _decode_messages(raw: list[Any]) -> tuple[list[ir.Part], list[ir.Message]]:
         elif role == "user":
             messages.append(ir.Message("user", _decode_content(content, at + ".content")))
         elif role == "assistant":
-            parts = []
-            for field in REASONING_FIELDS:
+            parts = _carried(msg.get("reasoning_details"))
+            for field in REASONING_FIELDS if not parts else ():
                 reasoning = opt(msg, field, str, at + ".")
                 if reasoning:
                     parts.append(_reasoning(reasoning, field))
@@ -173,6 +175,21 @@ def _decode_response_format(raw: Any) -> ir.ResponseFormat | None:
 def _reasoning(text: str, field: str) -> ir.Reasoning:
     """Reasoning an OpenAI-compatible server (DeepSeek, Kimi, Qwen...) put in ``field``, marked as such."""
     return ir.Reasoning(text, provider_metadata={"openai": {"field": field}})
+
+
+def _carried(details: Any) -> list[ir.Part]:
+    """Other upstreams' reasoning this client carried back in ``reasoning_details`` (see :func:`_details`)."""
+    if not isinstance(details, list):
+        return []
+    found = [carry.unwrap(d.get("data") or "") for d in details if isinstance(d, dict) and d.get("type") == "reasoning.encrypted"]
+    return [p for p in found if p is not None]
+
+
+def _details(parts: list[ir.Part]) -> list[dict[str, Any]]:
+    """Reasoning another upstream needs back, as OpenRouter-style ``reasoning_details`` entries
+    (``reasoning.encrypted``): clients that keep the assistant message send them back as they came."""
+    return [{"type": "reasoning.encrypted", "data": carry.wrap(p), "format": CARRY_FORMAT, "index": i}
+            for i, p in enumerate(parts) if isinstance(p, ir.Reasoning) and carry.worth_carrying(p, "openai")]
 
 
 def _reasoning_back(parts: list[ir.Part]) -> dict[str, str]:
@@ -339,6 +356,8 @@ class OpenAIStreamEncoder(StreamEncoder):
         self.call_index = -1
         self.usage = ir.Usage()
         self.started = False
+        self.reasoning: ir.Reasoning | None = None  # the open reasoning block, for reasoning_details
+        self.carried = 0
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         return sse_frame(
@@ -361,7 +380,23 @@ class OpenAIStreamEncoder(StreamEncoder):
         if isinstance(event, ir.TextDelta):
             return self._role() + self._chunk({"content": event.text})
         if isinstance(event, ir.ReasoningDelta):
+            if self.reasoning is not None:
+                self.reasoning.text += event.text
             return self._role() + self._chunk({"reasoning_content": event.text})
+        if isinstance(event, ir.ReasoningStart):
+            self.reasoning = ir.Reasoning("", provider_metadata=event.provider_metadata)
+            return self._role()
+        if isinstance(event, ir.ReasoningSignature) and self.reasoning is not None:
+            self.reasoning.signature = (self.reasoning.signature or "") + event.signature
+            return b""
+        if isinstance(event, ir.ReasoningEnd) and self.reasoning is not None:
+            part, self.reasoning = self.reasoning, None
+            details = _details([part])
+            if not details:
+                return b""
+            details[0]["index"] = self.carried
+            self.carried += 1
+            return self._role() + self._chunk({"reasoning_details": details})
         if isinstance(event, ir.ToolCallStart):
             self.call_index += 1
             call = {"index": self.call_index, "id": event.id, "type": "function", "function": {"name": event.name, "arguments": ""}}
@@ -435,6 +470,9 @@ class OpenAIAdapter(Adapter):
         reasoning = "".join(p.text for p in resp.parts if isinstance(p, ir.Reasoning))
         if reasoning:
             message["reasoning_content"] = reasoning
+        details = _details(resp.parts)
+        if details:
+            message["reasoning_details"] = details
         calls = [p for p in resp.parts if isinstance(p, ir.ToolCall)]
         if calls:
             message["tool_calls"] = [
