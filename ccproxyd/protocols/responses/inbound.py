@@ -24,11 +24,6 @@ from . import wire
 
 log = logging.getLogger("ccproxyd.responses")
 
-HOSTED_TOOL_TYPES = frozenset({
-    "web_search", "web_search_preview", "web_search_2025_08_26", "web_search_preview_2025_03_11", "file_search",
-    "code_interpreter", "image_generation", "mcp", "computer_use_preview", "computer_use", "local_shell", "shell",
-    "apply_patch", "tool_search",
-})
 _HANDLED = frozenset({
     "model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "reasoning", "text",
     "max_output_tokens", "temperature", "top_p", "stream", "stream_options", "store", "previous_response_id", "include",
@@ -247,7 +242,7 @@ def _decode_tools(raw: Any) -> tuple[list[ir.Tool], dict[str, list], list[dict[s
             tools.append(tool_ir)
             if kind == "custom":
                 names[tool_ir.name] = [None, tool_ir.name, "custom"]
-        elif kind in HOSTED_TOOL_TYPES or isinstance(kind, str):
+        elif isinstance(kind, str):  # OpenAI-hosted: web_search, file_search, code_interpreter, image_generation, mcp...
             log.debug("hosted tool %r goes only to Responses upstreams", kind)
             hosted.append(tool)
         else:
