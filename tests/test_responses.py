@@ -386,3 +386,21 @@ async def test_custom_tool_is_a_one_string_function_upstream(start_upstream, sta
     parts = [p for c in emulator.last.body["contents"] for p in c["parts"]]
     assert any(p.get("functionCall", {}).get("args") == {"input": patch} for p in parts)
     assert any("Done!" in json.dumps(p.get("functionResponse", {})) for p in parts)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_compat_mode_path(start_upstream, start_proxy, tmp_path, stream):
+    """/compat_mode/v1/responses: tools as text upstream, the model's call text back as function_call items."""
+    from tests.test_compat_e2e import EXPECTED_CALLS, MODEL_CALLS, QUESTION, TOOLS
+
+    emulator, proxy = await _proxy(start_upstream, start_proxy, tmp_path, "ollama")
+    emulator.script(Reply(text=MODEL_CALLS, chunks=7))
+    async with openai.AsyncOpenAI(base_url=proxy.url + "/compat_mode/v1", api_key=ACCESS_KEY, max_retries=0) as client:
+        args = {"model": "m-ollama", "input": QUESTION, "store": False, "tools": [{"type": "function", **t} for t in TOOLS]}
+        if stream:
+            async with client.responses.stream(**args) as s:
+                r = await s.get_final_response()
+        else:
+            r = await client.responses.create(**args)
+    assert [(i.name, json.loads(i.arguments)) for i in r.output if i.type == "function_call"] == EXPECTED_CALLS
+    assert "tools" not in emulator.last.body
