@@ -151,6 +151,8 @@ async def test_failure_after_the_first_byte_is_response_failed(start_upstream, s
     ({"model": "m-openai", "input": "x", "tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}}, "tool_choice", "web_search"),
     ({"model": "m-openai", "input": [{"role": "user", "content": [{"type": "input_file", "file_data": "data:application/pdf;base64,AAAA"}]}]},
      "input[0].content[0].file_data", "application/pdf"),
+    ({"model": "m-openai", "input": [{"role": "user", "content": [{"type": "input_file", "file_data": "data:text/plain;base64,!!"}]}]},
+     "input[0].content[0].file_data", "not valid base64"),
 ])
 async def test_bad_input_gets_a_clear_400(start_upstream, start_proxy, tmp_path, body, param, words):
     emulator, proxy = await _proxy(start_upstream, start_proxy, tmp_path, "openai")
@@ -160,6 +162,20 @@ async def test_bad_input_gets_a_clear_400(start_upstream, start_proxy, tmp_path,
     assert e.value.body["param"] == param
     assert words in e.value.body["message"]
     assert not emulator.received
+
+
+async def test_text_file_and_image_inputs(start_upstream, start_proxy, tmp_path):
+    emulator, proxy = await _proxy(start_upstream, start_proxy, tmp_path, "claude")
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+    async with _client(proxy) as client:
+        await client.responses.create(model="m-claude", store=False, input=[{"role": "user", "content": [
+            {"type": "input_text", "text": "What is in these?"},
+            {"type": "input_file", "filename": "notes.txt", "file_data": "data:text/plain;base64,aGVsbG8gbm90ZXM="},
+            {"type": "input_image", "image_url": f"data:image/png;base64,{png}"}]}])
+    blocks = emulator.last.body["messages"][0]["content"]
+    assert blocks[0]["text"] == "What is in these?"
+    assert "hello notes" in blocks[1]["text"] and "notes.txt" in blocks[1]["text"]
+    assert blocks[2]["source"] == {"type": "base64", "media_type": "image/png", "data": png}
 
 
 async def test_hosted_tools_reach_a_responses_upstream(start_upstream, start_proxy, tmp_path):

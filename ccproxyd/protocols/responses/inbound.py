@@ -11,6 +11,8 @@ only reach a Responses upstream.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from typing import Any, Callable, Mapping
 
@@ -18,8 +20,8 @@ import orjson
 
 from ... import ir
 from ...errors import ClientError
-from ..fields import check, integer, number, opt, req, split_data_url
 from .. import carry
+from ..fields import check, integer, number, opt, req, split_data_url
 from . import wire
 
 log = logging.getLogger("ccproxyd.responses")
@@ -54,7 +56,7 @@ def decode_request(body: dict[str, Any], headers: Mapping[str, str]) -> ir.Reque
         wire.PREVIOUS: previous,
         wire.INPUT: items,
         wire.ENCRYPTED: wire.ENCRYPTED_INCLUDE in include,
-        wire.SUMMARY: bool(reasoning and (body.get("reasoning") or {}).get("summary")),
+        wire.SUMMARY: bool(reasoning and reasoning.enabled and reasoning.include_thoughts),
         wire.TOOL_NAMES: names,
         wire.HOSTED: hosted,
         wire.ECHO: {"tools": body.get("tools") or [], **{k: body[k] for k in _ECHOED if k in body}},
@@ -125,9 +127,11 @@ def decode_items(
             item, kind = found, found.get("type") or "message"
         if kind == "message":
             role = req(item, "role", str, at + ".")
-            parts = _content(item.get("content"), at + ".content", role)
-            if role in ("system", "developer"):
-                (messages.append(ir.Message("system", parts)) if messages else system.extend(parts))
+            parts = _content(item.get("content"), at + ".content")
+            if role in ("system", "developer") and not messages:
+                system.extend(parts)
+            elif role in ("system", "developer"):
+                messages.append(ir.Message("system", parts))
             elif role == "user":
                 messages.append(ir.Message("user", parts))
             elif role == "assistant":
@@ -145,7 +149,7 @@ def decode_items(
             assistant().append(ir.ToolCall(req(item, "call_id", str, at + "."), key, args))
         elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
-            content = [ir.Text(output)] if isinstance(output, str) else _content(output, at + ".output", "user")
+            content = [ir.Text(output)] if isinstance(output, str) else _content(output, at + ".output")
             messages.append(ir.Message("tool", [ir.ToolResult(req(item, "call_id", str, at + "."), "", content)]))
         elif kind == "reasoning":
             part = _reasoning(item, at)
@@ -171,7 +175,7 @@ def _reasoning(item: dict[str, Any], at: str) -> ir.Reasoning | None:
     return ir.Reasoning(text) if text else None
 
 
-def _content(content: Any, at: str, role: str) -> list[ir.Part]:
+def _content(content: Any, at: str) -> list[ir.Part]:
     if content is None:
         return []
     if isinstance(content, str):
@@ -206,9 +210,10 @@ def _file(part: dict[str, Any], where: str) -> ir.Part:
     if inline and inline[0].startswith("image/"):
         return ir.Image(inline[0], inline[1])
     if inline and (inline[0].startswith("text/") or inline[0] in ("application/json", "application/xml")):
-        import base64
-
-        text = base64.b64decode(inline[1]).decode("utf-8", "replace")
+        try:
+            text = base64.b64decode(inline[1], validate=True).decode("utf-8", "replace")
+        except binascii.Error:
+            raise ClientError(f"{where}.file_data is not valid base64", param=f"{where}.file_data") from None
         name = opt(part, "filename", str, where + ".") or "file"
         return ir.Text(f"<file name={orjson.dumps(name).decode()}>\n{text}\n</file>")
     kind = inline[0] if inline else "given by file_id or file_url"
