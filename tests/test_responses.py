@@ -420,3 +420,15 @@ async def test_compat_mode_path(start_upstream, start_proxy, tmp_path, stream):
             r = await client.responses.create(**args)
     assert [(i.name, json.loads(i.arguments)) for i in r.output if i.type == "function_call"] == EXPECTED_CALLS
     assert "tools" not in emulator.last.body
+
+
+async def test_count_tokens_is_forwarded_to_a_responses_upstream(start_upstream, start_proxy, tmp_path):
+    emulator, proxy = await _proxy(start_upstream, start_proxy, tmp_path, "responses")
+    import anthropic
+
+    client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key=ACCESS_KEY, max_retries=0)
+    counted = await client.messages.count_tokens(model="m-responses", system="Be brief.", messages=[{"role": "user", "content": "count me"}])
+    await client.close()
+    assert emulator.last.path == "/v1/responses/input_tokens"
+    assert emulator.last.body["instructions"] == "Be brief." and "stream" not in emulator.last.body
+    assert counted.input_tokens == 1000 + len(json.dumps(emulator.last.body["input"])) // 4

@@ -39,6 +39,7 @@ class ResponsesEmulator(Emulator):
     def __init__(self) -> None:
         super().__init__()
         self.app.router.add_post("/v1/responses", self.create)
+        self.app.router.add_post("/v1/responses/input_tokens", self.input_tokens)
         self.count = 0
 
     def validate(self, request: web.Request, body: object) -> tuple[str, str | None] | None:
@@ -76,6 +77,14 @@ class ResponsesEmulator(Emulator):
             elif kind not in ("message", "function_call_output", "item_reference"):
                 return f"Invalid value: '{kind}'. input[{i}].type", f"input[{i}].type"
         return None
+
+    async def input_tokens(self, request: web.Request) -> web.Response:
+        """``POST /v1/responses/input_tokens``: ``{"object": "response.input_tokens", "input_tokens": N}``."""
+        body = await self.record(request)
+        problem = self.validate(request, body)
+        if problem:
+            return web.json_response({"error": {"message": problem[0], "type": "invalid_request_error", "param": problem[1], "code": None}}, status=400)
+        return web.json_response({"object": "response.input_tokens", "input_tokens": 1000 + len(json.dumps(body["input"])) // 4})
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)

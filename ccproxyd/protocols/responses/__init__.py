@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, AsyncIterator, Mapping
 
+import orjson
+
 from ... import ir
 from ...errors import ClientError, ProxyError, UpstreamError
 from ...paths import Route
@@ -71,6 +73,15 @@ class ResponsesAdapter(Adapter):
         choice = req.tool_choice
         if choice and choice.mode == "tool" and choice.name not in hosted and choice.name not in {t.name for t in req.tools}:
             raise ClientError(f"tool_choice forces the tool {choice.name!r}, which the request does not define", param="tool_choice")
+
+    def encode_count_tokens_request(self, req: ir.Request, target: UpstreamTarget) -> UpstreamCall | None:
+        return outbound.encode_count_tokens_request(req, target)
+
+    def decode_count_tokens(self, body: bytes) -> int:
+        count = orjson.loads(body).get("input_tokens")
+        if not isinstance(count, int):
+            raise ValueError("input_tokens answer has no input_tokens")
+        return count
 
     def decode_response(self, body: bytes) -> ir.Response:
         return response.decode_response(body)

@@ -8,6 +8,7 @@ next turn replays. Only reasoning a Responses upstream made (marked in
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -62,6 +63,13 @@ def encode_request(req: ir.Request, target: UpstreamTarget) -> UpstreamCall:
     if target.api_key:
         headers["authorization"] = f"Bearer {target.api_key}"
     return UpstreamCall(f"{provider.base_url}/responses", headers, body, req.stream)
+
+
+def encode_count_tokens_request(req: ir.Request, target: UpstreamTarget) -> UpstreamCall:
+    """``POST /responses/input_tokens`` takes the request's input, instructions and tools."""
+    call = encode_request(dataclasses.replace(req, stream=False), target)
+    body = {k: v for k, v in call.body.items() if k in ("model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "reasoning", "text")}
+    return UpstreamCall(call.url + "/input_tokens", call.headers, body, False)
 
 
 def _tool_choice(choice: ir.ToolChoice, hosted: list[dict[str, Any]]) -> Any:
