@@ -432,3 +432,31 @@ async def test_count_tokens_is_forwarded_to_a_responses_upstream(start_upstream,
     assert emulator.last.path == "/v1/responses/input_tokens"
     assert emulator.last.body["instructions"] == "Be brief." and "stream" not in emulator.last.body
     assert counted.input_tokens == 1000 + len(json.dumps(emulator.last.body["input"])) // 4
+
+
+async def test_strict_functions_stay_strict_for_a_responses_upstream(start_upstream, start_proxy, tmp_path):
+    emulator, proxy = await _proxy(start_upstream, start_proxy, tmp_path, "responses")
+    async with _client(proxy) as client:
+        await client.responses.create(model="m-responses", input="x", store=False, tools=[
+            {**SHELL, "strict": True}, {**SHELL, "name": "loose"},
+            {"type": "namespace", "name": "ns", "description": "d", "tools": [{"type": "function", "name": "tight", "strict": True, "parameters": {}}]}])
+    assert [(t["name"], t["strict"]) for t in emulator.last.body["tools"]] == [("shell", True), ("loose", False), ("ns__tight", True)]
+
+
+@pytest.mark.parametrize("client_protocol", ["openai", "claude", "responses"])
+async def test_cached_and_reasoning_tokens_of_a_responses_upstream_reach_the_client(start_upstream, start_proxy, tmp_path, client_protocol):
+    emulator, proxy = await _proxy(start_upstream, start_proxy, tmp_path, "responses")
+    emulator.script(Reply(text="ok", input_tokens=120, output_tokens=30, cached_tokens=100, reasoning_tokens=12))
+    status, raw = await {
+        "openai": lambda: _post(proxy, {"model": "m-responses", "messages": [{"role": "user", "content": "hi"}]}, path="/v1/chat/completions"),
+        "claude": lambda: _post(proxy, {"model": "m-responses", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}, path="/v1/messages"),
+        "responses": lambda: _post(proxy, {"model": "m-responses", "input": "hi", "store": False}),
+    }[client_protocol]()
+    assert status == 200
+    usage = json.loads(raw)["usage"]
+    if client_protocol == "openai":
+        assert usage["prompt_tokens_details"]["cached_tokens"] == 100 and usage["completion_tokens_details"]["reasoning_tokens"] == 12
+    elif client_protocol == "claude":
+        assert usage["cache_read_input_tokens"] == 100 and usage["input_tokens"] == 20
+    else:
+        assert usage["input_tokens_details"]["cached_tokens"] == 100 and usage["output_tokens_details"]["reasoning_tokens"] == 12

@@ -59,6 +59,7 @@ def decode_request(body: dict[str, Any], headers: Mapping[str, str]) -> ir.Reque
         wire.SUMMARY: bool(reasoning and reasoning.enabled and reasoning.include_thoughts),
         wire.TOOL_NAMES: names,
         wire.HOSTED: hosted,
+        wire.STRICT: sorted(_strict(body.get("tools"), names)),
         wire.ECHO: {"tools": body.get("tools") or [], **{k: body[k] for k in _ECHOED if k in body}},
     })
     system, messages = decode_items(items, names, allow_references=previous is not None)
@@ -253,6 +254,18 @@ def _decode_tools(raw: Any) -> tuple[list[ir.Tool], dict[str, list], list[dict[s
         else:
             raise ClientError(f"{at}.type is required", param=f"{at}.type")
     return tools, names, hosted
+
+
+def _strict(raw: Any, names: dict[str, list]) -> set[str]:
+    """The (flat) names of the function tools marked ``strict: true``."""
+    flat = {(ns, name): key for key, (ns, name, _kind) in names.items()}
+    out: set[str] = set()
+    for tool in raw if isinstance(raw, list) else ():
+        ns = tool.get("name") if tool.get("type") == "namespace" else None
+        for fn in tool.get("tools") or () if ns else (tool,):
+            if isinstance(fn, dict) and fn.get("strict") is True and isinstance(fn.get("name"), str):
+                out.add(flat.get((ns, fn["name"]), fn["name"]))
+    return out
 
 
 def _function(tool: dict[str, Any], at: str, name: str) -> ir.Tool:

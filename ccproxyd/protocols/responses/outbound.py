@@ -27,8 +27,9 @@ def encode_request(req: ir.Request, target: UpstreamTarget) -> UpstreamCall:
     if req.system:
         body["instructions"] = ir.text_of(req.system)
     same = wire.state(req)
+    strict = set(same.get(wire.STRICT) or ())
     tools: list[dict[str, Any]] = [
-        {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters, "strict": False} for t in req.tools
+        {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters, "strict": t.name in strict} for t in req.tools
     ]
     tools += same.get(wire.HOSTED) or []
     if tools:

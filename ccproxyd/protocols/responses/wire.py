@@ -29,7 +29,8 @@ TOOL_NAMES = "_tool_names"  # flat upstream name → [namespace or None, name, k
 HOSTED = "_hosted"  # OpenAI-hosted tools, passed only to a Responses upstream
 ECHO = "_echo"  # request fields the response object repeats (instructions, tools, temperature...)
 HISTORY = "_history"  # the items of the stored conversation this request continues
-PRIVATE = frozenset({ID, STORE, PREVIOUS, INPUT, ENCRYPTED, SUMMARY, TOOL_NAMES, HOSTED, ECHO, HISTORY})
+STRICT = "_strict"  # names of the function tools the client marked strict
+PRIVATE = frozenset({ID, STORE, PREVIOUS, INPUT, ENCRYPTED, SUMMARY, TOOL_NAMES, HOSTED, ECHO, HISTORY, STRICT})
 
 
 def new_id(prefix: str) -> str:
