@@ -25,7 +25,7 @@ import orjson
 
 from . import ir
 from .config import Server
-from .errors import ClientError, NotFound
+from .errors import ClientError, NotFound, Unavailable
 from .protocols.base import Adapter
 from .service import state_dir
 
@@ -60,13 +60,21 @@ class ConversationStore:
     # ------------------------------------------------------------ the async face
 
     async def get(self, owner: str, rid: str) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self._get, owner, rid)
+        return await self._run(self._get, owner, rid)
 
     async def put(self, owner: str, rid: str, record: dict[str, Any]) -> None:
         await asyncio.to_thread(self._put, owner, rid, record)
 
     async def delete(self, owner: str, rid: str) -> bool:
-        return await asyncio.to_thread(self._delete, owner, rid)
+        return await self._run(self._delete, owner, rid)
+
+    async def _run(self, work: Any, owner: str, rid: str) -> Any:
+        """A read the client waits for: a database that cannot be opened is a 503, not a crash."""
+        try:
+            return await asyncio.to_thread(work, owner, rid)
+        except (OSError, sqlite3.Error) as e:
+            log.error("stored conversations in %s cannot be read: %s", self.path, e)
+            raise Unavailable("stored conversations cannot be read right now") from None
 
     def close(self) -> None:
         with self._lock:

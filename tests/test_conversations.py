@@ -46,3 +46,20 @@ async def test_a_record_over_the_bound_is_not_kept(tmp_path):
     await store.put("k", "big", {"blob": __import__("os").urandom(200).hex()})
     assert await store.get("k", "big") is None
     store.close()
+
+
+async def test_an_unusable_state_dir_is_a_503_not_a_crash(start_upstream, start_proxy, tmp_path):
+    import aiohttp
+
+    from tests.conftest import ACCESS_KEY, proxy_config
+
+    (tmp_path / "file").write_text("not a directory")
+    upstream = await start_upstream("openai")
+    proxy = await start_proxy(proxy_config([upstream], server={"state_dir": str(tmp_path / "file" / "state")}))
+    async with aiohttp.ClientSession(headers={"authorization": f"Bearer {ACCESS_KEY}"}) as s:
+        async with s.post(proxy.url + "/v1/responses", json={"model": "m-openai", "input": "hi"}) as r:
+            assert r.status == 200  # storing fails quietly (logged), the answer still goes out
+        async with s.post(proxy.url + "/v1/responses", json={"model": "m-openai", "input": "hi", "previous_response_id": "resp_x"}) as r:
+            assert r.status == 503 and "stored conversations" in (await r.json())["error"]["message"]
+        async with s.get(proxy.url + "/v1/responses/resp_x") as r:
+            assert r.status == 503
