@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= etc/ccproxy.toml
 STAMP  := $(VENV)/.installed
 
-.PHONY: test run check bench fuzz soak install-service clean
+.PHONY: test run check bench fuzz soak install-service clean e2e
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,14 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The tests that drive real client programs (the Codex CLI, from npm, into .e2e/); `make test` runs them
+# too when the programs are installed, and skips them with the reason otherwise.
+E2E_DIR := .e2e
+
+e2e: $(STAMP)
+	npm install --prefix $(E2E_DIR) --no-audit --no-fund --loglevel=error @openai/codex
+	CODEX_BIN=$(CURDIR)/$(E2E_DIR)/node_modules/.bin/codex $(BIN)/python -m pytest -q tests/test_codex_e2e.py $(PYTEST_ARGS)
 
 run: $(STAMP)
 	$(BIN)/ccproxyd --config $(CONFIG) $(RUN_ARGS)

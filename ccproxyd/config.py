@@ -18,7 +18,7 @@ from typing import Any, Callable
 from .paths import GROUP_NAME, RESERVED_SEGMENTS
 from .rules import covers
 
-PROTOCOLS = ("openai", "claude", "gemini", "ollama")
+PROTOCOLS = ("openai", "claude", "gemini", "ollama", "responses")
 UPSTREAM_PROTOCOLS = (*PROTOCOLS, "demo")  # demo: answered inside ccproxyd (protocols/demo.py)
 DEMO_BASE_URL = "demo://ccproxyd"
 KEY_ROLES = ("user", "admin")
@@ -224,6 +224,9 @@ class Server:
     state_dir: str | None = None
     stats: bool = True
     stats_retention_days: int = 90
+    conversation_store: bool = True  # keep stored responses (Responses API store / previous_response_id)
+    conversation_ttl_hours: float = 24
+    conversation_max_mb: int = 256
     tls_cert: str | None = None
     tls_key: str | None = None
     auth_failures_per_minute: int = 30
@@ -428,6 +431,9 @@ def _read_server(r: _Reader, raw: Any) -> Server:
         state_dir=g("state_dir", str),
         stats=g("stats", bool),
         stats_retention_days=g("stats_retention_days", int, _at_least(1)),
+        conversation_store=g("conversation_store", bool),
+        conversation_ttl_hours=g("conversation_ttl_hours", (int, float), _at_least(0.01)),
+        conversation_max_mb=g("conversation_max_mb", int, _at_least(1)),
         tls_cert=tls_cert,
         tls_key=tls_key,
         auth_failures_per_minute=g("auth_failures_per_minute", int, _at_least(1)),

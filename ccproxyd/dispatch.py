@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
-from . import ir, rules
+from . import conversations, ir, rules
 from .compat import parse_stream, prepare_request
 from .config import Config, Group
 from .discovery import Discovery
@@ -29,6 +29,7 @@ from .errors import (
     BadGateway,
     ClientError,
     Forbidden,
+    NotFound,
     ProxyError,
     RateLimited,
     TooLarge,
@@ -129,6 +130,7 @@ class Dispatcher:
         self.body_log = body_log  # the client side of server.log_bodies (the upstream side is logged by the client)
         self.discovery = Discovery(upstream)
         self.stopping = False  # set by drain.py just before it cancels what outlived shutdown_grace
+        self.conversations: conversations.ConversationStore | None = None  # set by the server when on
 
     # ------------------------------------------------------------ planning
 
@@ -165,6 +167,7 @@ class Dispatcher:
         if bodies is not None:
             bodies.write({"request_id": record.request_id, "direction": "client_request", "path": request.path, "body": body})
         client_req = inbound.decode_request(body, route, request.headers)
+        client_req = await conversations.resume(self.conversations, inbound, client_req, record.key_name or "")
         record.stream = client_req.stream
         plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
         local = inbound.answer_locally(client_req)
@@ -195,8 +198,11 @@ class Dispatcher:
                     if not outbound.streams_usage(attempt.provider):  # known before the headers go: say so
                         request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
                     events = self._cool_on_error(events, attempt, config.server.cooldown_max)
+                    if conversations.keeps(self.conversations, inbound, client_req):
+                        events = conversations.keep_stream(self.conversations, inbound, client_req, record.key_name or "", first, events)
                     return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies)
                 record.status = 200
+                await conversations.keep(self.conversations, inbound, client_req, response, record.key_name or "")
                 answer = inbound.encode_response(response, client_req)
                 if bodies is not None:
                     bodies.write({"request_id": record.request_id, "direction": "client_response", "status": 200, "body": answer})
@@ -254,6 +260,7 @@ class Dispatcher:
         """The upstream's answer as IR events; the upstream response is put in ``release`` to be closed."""
         default_max = config.server.default_max_tokens if outbound.requires_max_tokens else None
         shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias, default_max)
+        outbound.check_request(shaped)
         tools = shaped.tools
         if compat:  # also without tools: earlier tool calls in the history must become text
             shaped = prepare_request(shaped, plan.group.prompt_position)
@@ -421,6 +428,7 @@ class Dispatcher:
         inbound = ADAPTERS[route.protocol or "claude"]
         body = await read_json_body(request, config.server.max_body_bytes, config.server.max_json_depth)
         client_req = inbound.decode_request(body, route, request.headers)
+        client_req = await conversations.resume(self.conversations, inbound, client_req, record.key_name or "")
         plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
         for attempt in itertools.islice(plan.attempts, 1):
             outbound = ADAPTERS[attempt.provider.protocol]
@@ -439,6 +447,21 @@ class Dispatcher:
             except (ProxyError, ValueError, KeyError) as e:
                 log.warning("%s count_tokens failed (%s); estimating instead", attempt.label, e)
         return inbound.encode_count_tokens(ir.estimate_tokens(client_req))
+
+    async def stored(self, request: web.Request, route: Route, record: RequestRecord) -> dict[str, Any]:
+        """GET or DELETE of a stored response, only ever the asking key's own."""
+        adapter = ADAPTERS[route.protocol or "openai"]
+        store, owner, rid = self.conversations, record.key_name or "", route.item or ""
+        if store is None:
+            raise NotFound("stored conversations are off on this ccproxyd (server.conversation_store)")
+        if request.method == "DELETE":
+            if not await store.delete(owner, rid):
+                raise NotFound(f"Response with id '{rid}' not found.")
+            return adapter.encode_stored(rid, None)
+        found = await store.get(owner, rid)
+        if found is None:
+            raise NotFound(f"Response with id '{rid}' not found.")
+        return adapter.encode_stored(rid, found)
 
 
 def _allowed_group(config: Config, route: Route, model: str, key_groups: tuple[str, ...]) -> tuple[Group, str]:

@@ -18,20 +18,24 @@ GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    protocol: str | None  # openai | claude | gemini | ollama | None (service endpoints)
-    action: str  # chat | models | count_tokens | show | version | root | health | metrics | mcp_sse | mcp_http | ui | ui_asset | admin_read | admin
+    protocol: str | None  # openai | responses | claude | gemini | ollama | None (service endpoints)
+    action: str  # chat | models | count_tokens | show | version | stored | root | health | metrics | mcp_sse | mcp_http | ui | ui_asset | admin_read | admin
     # | embed | embed_batch | embed_legacy | generate | complete | ps | pull | model_store
     group: str | None = None
     compat: bool = False
     model: str | None = None  # from the path (Gemini)
     stream: bool | None = None  # from the path (Gemini)
     gemini_sse: bool = False  # ?alt=sse on streamGenerateContent
+    item: str | None = None  # the stored object named in the path (GET/DELETE /v1/responses/{id})
 
 
 # (method set, regex of the rest of the path, protocol, action)
 _ENDPOINTS: list[tuple[frozenset[str], str, str, str]] = [
     (frozenset({"POST"}), r"v1/chat/completions", "openai", "chat"),
     (frozenset({"GET"}), r"v1/models", "openai", "models"),
+    (frozenset({"POST"}), r"v1/responses", "responses", "chat"),
+    (frozenset({"POST"}), r"v1/responses/input_tokens", "responses", "count_tokens"),
+    (frozenset({"GET", "DELETE"}), r"v1/responses/(?P<item>[A-Za-z0-9_.\-]{1,200})", "responses", "stored"),
     (frozenset({"POST"}), r"v1/messages", "claude", "chat"),
     (frozenset({"POST"}), r"v1/messages/count_tokens", "claude", "count_tokens"),
     (frozenset({"GET"}), r"v1beta/models", "gemini", "models"),
@@ -155,7 +159,7 @@ def parse_path(method: str, path: str, query: dict[str, str] | None = None, hint
             )
         if hint and (protocol, action) == ("openai", "models"):
             protocol = hint
-        return Route(protocol, action, group, m["compat"] is not None)
+        return Route(protocol, action, group, m["compat"] is not None, item=m.groupdict().get("item"))
     if wrong_method:
         raise MethodNotAllowed(guess_protocol(path))
     raise PathNotFound(guess_protocol(path))

@@ -30,6 +30,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from . import __version__, admin, admin_status, ollama_api
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
+from .conversations import ConversationStore
 from .dispatch import CLIENT_HEADERS, Dispatcher
 from .embeddings import EMBED_ACTIONS, embed
 from .errors import AuthError, NotFound, ProxyError, RateLimited
@@ -353,6 +354,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         body = await dispatcher.count_tokens(request, route, config, record, key_groups)
     elif action == "show":
         body = await dispatcher.show(request, route, config, key_groups)
+    elif action == "stored":
+        body = await dispatcher.stored(request, route, record)
     elif action == "version":
         body = adapter.encode_version(config.server.ollama_version or None)
     elif action == "ps":
@@ -474,6 +477,7 @@ def create_app(config: Config) -> web.Application:
     app.on_response_prepare.append(state.metrics.on_response_prepare)
     app.cleanup_ctx.append(_shared_state_ctx)
     app.cleanup_ctx.append(_stats_ctx)
+    app.cleanup_ctx.append(_conversations_ctx)
     app.cleanup_ctx.append(_metrics_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_mcp_ctx)
@@ -543,6 +547,16 @@ async def _start_pg_stats(state: AppState) -> None:
         return
     state.stats = writer
     state.observer.sinks.append(writer.record)
+
+
+async def _conversations_ctx(app: web.Application):  # type: ignore[no-untyped-def]
+    """The stored-conversation database (opened on first use), when server.conversation_store is on."""
+    state = app[STATE]
+    if state.config.server.conversation_store:
+        state.dispatcher.conversations = ConversationStore.from_config(state.config.server)
+    yield
+    if state.dispatcher.conversations is not None:
+        state.dispatcher.conversations.close()
 
 
 async def _metrics_ctx(app: web.Application):  # type: ignore[no-untyped-def]

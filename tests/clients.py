@@ -267,4 +267,56 @@ class OllamaDriver(Driver):
         return result
 
 
-DRIVERS: dict[str, type[Driver]] = {d.protocol: d for d in (OpenAIDriver, ClaudeDriver, GeminiDriver, OllamaDriver)}
+class ResponsesDriver(Driver):
+    """The OpenAI SDK's Responses API: ``responses.create`` and the ``responses.stream`` helper (which checks the event order)."""
+
+    protocol = "responses"
+    error_types = (openai.APIStatusError,)
+
+    def __init__(self, proxy_url: str, model: str) -> None:
+        super().__init__(proxy_url, model)
+        self.client = openai.AsyncOpenAI(base_url=proxy_url + "/v1", api_key=ACCESS_KEY, max_retries=0)
+
+    def items(self, turns: list[Turn]) -> list[dict]:
+        out: list[dict] = []
+        for kind, value in turns:
+            if kind == "user":
+                out.append({"role": "user", "content": value})
+            elif kind == "assistant":
+                out.extend(value.items)  # replayed as they came, reasoning blobs included
+            else:
+                out.extend({"type": "function_call_output", "call_id": c.id, "output": text} for c, text in value)
+        return out
+
+    async def chat(self, turns, tools=None, stream=False, reasoning=False, **extra):
+        kwargs: dict = {"model": self.model, "input": self.items(turns), "store": False, **extra}
+        if tools:
+            kwargs["tools"] = [{"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters, "strict": False} for t in tools]
+        if reasoning:
+            kwargs["reasoning"] = {"effort": "low", "summary": "auto"}
+            kwargs["include"] = ["reasoning.encrypted_content"]
+        if stream:
+            async with self.client.responses.stream(**kwargs) as s:
+                r = await s.get_final_response()
+        else:
+            r = await self.client.responses.create(**kwargs)
+        return self.result(r)
+
+    @staticmethod
+    def result(r) -> ChatResult:
+        result = ChatResult(text=r.output_text, input_tokens=r.usage.input_tokens, output_tokens=r.usage.output_tokens)
+        for item in r.output:
+            if item.type == "reasoning":
+                result.reasoning += "".join(s.text for s in item.summary)
+            elif item.type == "function_call":
+                result.calls.append(Call(item.call_id, item.name, json.loads(item.arguments or "{}")))
+        if r.status == "incomplete":
+            result.finish = "length" if r.incomplete_details.reason == "max_output_tokens" else "content_filter"
+        else:
+            result.finish = "tool_calls" if result.calls else "stop"
+        result.items = [i.model_dump(exclude_none=True, exclude={"status"}) for i in r.output]  # type: ignore[attr-defined]
+        result.response = r  # type: ignore[attr-defined]
+        return result
+
+
+DRIVERS: dict[str, type[Driver]] = {d.protocol: d for d in (OpenAIDriver, ClaudeDriver, GeminiDriver, OllamaDriver, ResponsesDriver)}

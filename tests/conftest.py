@@ -21,8 +21,9 @@ from ccproxyd.server import STATE, AppState, create_app
 
 PROTOCOLS = ("openai", "claude", "gemini", "ollama")
 # The path each protocol's SDK is given as its base URL, relative to the upstream root.
-BASE_SUFFIX = {"openai": "/v1", "claude": "", "gemini": "", "ollama": ""}
-EMULATOR_CLASSES = {"openai": "OpenAIEmulator", "claude": "ClaudeEmulator", "gemini": "GeminiEmulator", "ollama": "OllamaEmulator"}
+BASE_SUFFIX = {"openai": "/v1", "claude": "", "gemini": "", "ollama": "", "responses": "/v1"}
+EMULATOR_CLASSES = {"openai": "OpenAIEmulator", "claude": "ClaudeEmulator", "gemini": "GeminiEmulator", "ollama": "OllamaEmulator",
+                    "responses": "ResponsesEmulator"}
 ACCESS_KEY = "sk-ccproxy-test-access-key"
 UPSTREAM_KEY = "sk-upstream-secret-key-0001"
 

@@ -832,16 +832,31 @@ def test_encoder_signature_only_thinking() -> None:
     assert [d["delta"] for _, d in fs if d["type"] == "content_block_delta"] == [{"type": "signature_delta", "signature": "S"}]
 
 
-def test_encoder_foreign_reasoning_shown_without_signature() -> None:
+def test_encoder_foreign_reasoning_is_carried_in_the_signature() -> None:
+    """Another upstream's reasoning comes back from the client whole, and never reaches Claude."""
+    from ccproxyd.protocols import carry
+    from ccproxyd.protocols.claude import inbound, outbound
+
     fs = run_encoder([
         ir.ResponseStart(),
         ir.ReasoningStart({"gemini": {"x": 1}}), ir.ReasoningDelta("gemini thinks"), ir.ReasoningSignature("gemini-sig"), ir.ReasoningEnd(),
+        ir.ReasoningStart(), ir.ReasoningDelta("plain thought"), ir.ReasoningEnd(),
         ir.TextStart(), ir.TextDelta("hi"), ir.TextEnd(),
         ir.Finished(ir.Finish("stop")),
     ])
     check_stream(fs)
-    assert not any(d.get("delta", {}).get("type") == "signature_delta" for _, d in fs)
     assert fs[1][1]["content_block"] == {"type": "thinking", "thinking": "", "signature": ""}
+    signatures = [d["delta"]["signature"] for _, d in fs if d.get("delta", {}).get("type") == "signature_delta"]
+    assert len(signatures) == 1  # the plain thought needs nothing back
+    assert carry.unwrap(signatures[0]) == ir.Reasoning("gemini thinks", "gemini-sig", None, {"gemini": {"x": 1}})
+    body = {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "gemini thinks", "signature": signatures[0]}, {"type": "text", "text": "hi"}]},
+        {"role": "user", "content": "more"}]}
+    req = inbound.decode_request(body, {})
+    assert req.messages[1].parts[0] == ir.Reasoning("gemini thinks", "gemini-sig", None, {"gemini": {"x": 1}})
+    sent = outbound.encode_request(req, UpstreamTarget(Provider("c", "claude", "http://x"), "m")).body
+    assert [b["type"] for b in sent["messages"][1]["content"]] == ["text"]
 
 
 def test_encoder_usage_known_early_goes_in_message_start() -> None:

@@ -32,7 +32,7 @@ def test_valid_config_parses_into_frozen_dataclasses():
 
 def test_unknown_protocol():
     errs = errors_of(with_(providers={"up": {"protocol": "grpc", "base_url": "http://x"}}))
-    assert errs == ["ccproxy.toml: providers.up.protocol: must be one of openai, claude, gemini, ollama, demo; got 'grpc'"]
+    assert errs == ["ccproxy.toml: providers.up.protocol: must be one of openai, claude, gemini, ollama, responses, demo; got 'grpc'"]
 
 
 def test_target_naming_a_missing_provider():

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from ccproxyd import ir
+from ccproxyd.protocols import carry
 from ccproxyd.config import Provider
 from ccproxyd.errors import (
     AuthError,
@@ -720,12 +721,14 @@ def test_stream_encoder_sse_invariants() -> None:
     assert b"[DONE]" not in raw and raw.endswith(b"\r\n\r\n")
     frames = sse_objects(raw)
     parts = [f["candidates"][0]["content"]["parts"] for f in frames]
-    assert parts[:3] == [[{"text": "hmm", "thought": True}], [{"text": "Hel"}], [{"text": "lo"}]]
-    assert parts[3] == [
+    # another upstream's signed reasoning is carried back on an empty thought (protocols/carry.py)
+    carried = [{"text": "", "thought": True, "thoughtSignature": carry.wrap(ir.Reasoning("hmm", "claude-signature"))}]
+    assert parts[:4] == [[{"text": "hmm", "thought": True}], carried, [{"text": "Hel"}], [{"text": "lo"}]]
+    assert parts[4] == [
         {"functionCall": {"id": "call_a", "name": "read", "args": {"path": "a.txt"}}, "thoughtSignature": SIG},
         {"functionCall": {"id": "call_b", "name": "read", "args": {"path": "b.txt"}}},
     ]
-    assert len(frames) == 4  # parallel calls whole in the one last frame
+    assert len(frames) == 5  # parallel calls whole in the one last frame
     for f in frames[:-1]:
         assert "finishReason" not in f["candidates"][0] and "usageMetadata" not in f
     last = frames[-1]
@@ -739,7 +742,7 @@ def test_stream_encoder_json_array_mode_is_one_valid_array() -> None:
     assert encoder.content_type == "application/json"
     raw = encoder.begin() + b"".join(encoder.encode(e) for e in EVENTS) + encoder.end()
     frames = orjson.loads(raw)
-    assert isinstance(frames, list) and len(frames) == 4 and frames[-1]["candidates"][0]["finishReason"] == "STOP"
+    assert isinstance(frames, list) and len(frames) == 5 and frames[-1]["candidates"][0]["finishReason"] == "STOP"
     assert encoder.end() == b""  # idempotent: a second end adds no second bracket
 
 

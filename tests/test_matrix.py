@@ -127,7 +127,11 @@ def _assert_result_linked(body: dict, name: str, content: str) -> None:
     """The upstream got the tool result, tied to the call it answers, in its own protocol's terms."""
     text = repr(body)
     assert content in text
-    if "contents" in body:  # Gemini: functionResponse named after the function
+    if isinstance(body.get("input"), list):  # Responses: function_call_output.call_id matches a function_call of that name
+        calls = {i["call_id"]: i["name"] for i in body["input"] if i.get("type") == "function_call"}
+        outputs = [i for i in body["input"] if i.get("type") == "function_call_output"]
+        assert any(calls.get(o["call_id"]) == name and content in repr(o["output"]) for o in outputs)
+    elif "contents" in body:  # Gemini: functionResponse named after the function
         responses = [p["functionResponse"] for c in body["contents"] for p in c["parts"] if "functionResponse" in p]
         assert any(r["name"] == name and content in repr(r["response"]) for r in responses)
     elif "messages" in body and any(m.get("role") == "tool" for m in body["messages"]):

@@ -8,7 +8,8 @@ from .demo import ADAPTER as DEMO
 from .gemini import ADAPTER as GEMINI
 from .ollama import ADAPTER as OLLAMA
 from .openai import ADAPTER as OPENAI
+from .responses import ADAPTER as RESPONSES
 
-ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, CLAUDE, GEMINI, OLLAMA, DEMO)}
+ADAPTERS: dict[str, Adapter] = {a.name: a for a in (OPENAI, RESPONSES, CLAUDE, GEMINI, OLLAMA, DEMO)}
 
 __all__ = ["ADAPTERS", "Adapter"]

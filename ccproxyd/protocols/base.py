@@ -131,6 +131,28 @@ class Adapter(ABC):
         """An answer the protocol gives without any upstream (Ollama's "model loaded" to an empty prompt)."""
         return None
 
+    # ------------------------------------------------------------ stored conversations (protocols that keep state)
+
+    def continues(self, req: ir.Request) -> str | None:
+        """The id of the stored conversation this request continues, if any."""
+        return None
+
+    def resume(self, req: ir.Request, record: dict[str, Any]) -> ir.Request:
+        """``req`` with the stored conversation ``record`` put in front of it."""
+        return req
+
+    def keeps(self, req: ir.Request) -> bool:
+        """Whether the exchange is to be stored once it finishes (then :meth:`to_store` says how)."""
+        return False
+
+    def to_store(self, req: ir.Request, resp: ir.Response) -> tuple[str, dict[str, Any]] | None:
+        """The id and record to keep of a finished exchange; None keeps nothing."""
+        return None
+
+    def encode_stored(self, response_id: str, record: dict[str, Any] | None) -> dict[str, Any]:
+        """A stored record as the client reads it (GET), or the answer to its deletion (``record`` None)."""
+        raise NotFound("this protocol keeps no stored conversations")
+
     # ------------------------------------------------------------ outbound (upstream side)
 
     @abstractmethod
@@ -151,6 +173,12 @@ class Adapter(ABC):
     def streams_usage(self, provider: Provider) -> bool:
         """Whether this upstream's streams report token usage (the dispatcher estimates what is missing)."""
         return True
+
+    def check_request(self, req: ir.Request) -> None:
+        """Refuse, before any call, what the request asks of this upstream and cannot be given."""
+        choice = req.tool_choice
+        if choice and choice.mode == "tool" and choice.name not in {t.name for t in req.tools}:
+            raise ClientError(f"tool_choice forces the tool {choice.name!r}, which this upstream ({self.name}) does not have", param="tool_choice")
 
     def encode_count_tokens_request(self, req: ir.Request, target: UpstreamTarget) -> UpstreamCall | None:
         """An upstream token-count call, or None when the protocol has none."""

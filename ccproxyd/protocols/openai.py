@@ -14,7 +14,7 @@ from ..errors import ClientError, ProxyError, UpstreamError
 from ..ir_embed import EmbedRequest, EmbedResponse
 from ..paths import Route
 from ..streams import iter_sse, sse_frame
-from . import openai_completions, openai_embed
+from . import carry, openai_completions, openai_embed
 from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget, bearer_headers
 from .fields import check, integer, number, opt, req, split_data_url, string_list
 
@@ -25,6 +25,8 @@ FINISH_FROM_OPENAI: dict[str, ir.FinishReason] = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
+REASONING_FIELDS = ("reasoning_content", "reasoning")  # where OpenAI-compatible servers put thinking
+CARRY_FORMAT = "ccproxyd-v1"  # the reasoning_details format of the reasoning ccproxyd carries for other upstreams
 FINISH_TO_OPENAI = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter", "error": "stop", "other": "stop"}
 ERROR_TYPES = {
     "invalid_request": "invalid_request_error",
@@ -112,10 +114,12 @@ def _decode_messages(raw: list[Any]) -> tuple[list[ir.Part], list[ir.Message]]:
         elif role == "user":
             messages.append(ir.Message("user", _decode_content(content, at + ".content")))
         elif role == "assistant":
-            parts = []
-            reasoning = opt(msg, "reasoning_content", str, at + ".")
-            if reasoning:
-                parts.append(ir.Reasoning(reasoning))
+            parts = _carried(msg.get("reasoning_details"))
+            for field in REASONING_FIELDS if not parts else ():
+                reasoning = opt(msg, field, str, at + ".")
+                if reasoning:
+                    parts.append(_reasoning(reasoning, field))
+                    break
             parts.extend(_decode_content(content, at + ".content"))
             if msg.get("tool_calls") is not None:
                 parts.extend(_decode_tool_calls(msg["tool_calls"], at + ".tool_calls"))
@@ -171,6 +175,38 @@ def _decode_response_format(raw: Any) -> ir.ResponseFormat | None:
 # ---------------------------------------------------------------- request encoding
 
 
+def _reasoning(text: str, field: str) -> ir.Reasoning:
+    """Reasoning an OpenAI-compatible server (DeepSeek, Kimi, Qwen...) put in ``field``, marked as such."""
+    return ir.Reasoning(text, provider_metadata={"openai": {"field": field}})
+
+
+def _carried(details: Any) -> list[ir.Part]:
+    """Other upstreams' reasoning this client carried back in ``reasoning_details`` (see :func:`_details`)."""
+    if not isinstance(details, list):
+        return []
+    found = [carry.unwrap(d.get("data") or "") for d in details if isinstance(d, dict) and d.get("type") == "reasoning.encrypted"]
+    return [p for p in found if p is not None]
+
+
+def _details(parts: list[ir.Part]) -> list[dict[str, Any]]:
+    """Reasoning another upstream needs back, as OpenRouter-style ``reasoning_details`` entries
+    (``reasoning.encrypted``): clients that keep the assistant message send them back as they came."""
+    return [{"type": "reasoning.encrypted", "data": carry.wrap(p), "format": CARRY_FORMAT, "index": i}
+            for i, p in enumerate(parts) if isinstance(p, ir.Reasoning) and carry.worth_carrying(p, "openai")]
+
+
+def _reasoning_back(parts: list[ir.Part]) -> dict[str, str]:
+    """An assistant turn's reasoning in the field it came in: such servers need it back on tool-call turns
+    in thinking mode. Only reasoning from an OpenAI-compatible server goes back; other providers' stays."""
+    out: dict[str, str] = {}
+    for p in parts:
+        meta = (p.provider_metadata or {}).get("openai") if isinstance(p, ir.Reasoning) else None
+        if meta and p.text:
+            field = meta.get("field") if meta.get("field") in REASONING_FIELDS else "reasoning_content"
+            out[field] = out.get(field, "") + p.text
+    return out
+
+
 def _image_url(image: ir.Image) -> str:
     if image.data is not None:
         return f"data:{image.media_type or 'image/png'};base64,{image.data}"
@@ -199,6 +235,7 @@ def _encode_messages(req: ir.Request) -> list[dict[str, Any]]:
         elif msg.role == "assistant":
             calls = [p for p in msg.parts if isinstance(p, ir.ToolCall)]
             entry: dict[str, Any] = {"role": "assistant", "content": ir.text_of(msg.parts) or None}
+            entry.update(_reasoning_back(msg.parts))
             if calls:
                 entry["tool_calls"] = [
                     {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": orjson.dumps(c.arguments).decode()}}
@@ -279,9 +316,11 @@ class OpenAIStreamDecoder:
             delta = choice.get("delta") or {}
             if isinstance(choice.get("text"), str) and choice["text"]:  # a /completions chunk
                 out.extend(self.blocks.text(choice["text"]))
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                out.extend(self.blocks.reasoning(reasoning))
+            for field in REASONING_FIELDS:
+                reasoning = delta.get(field)
+                if isinstance(reasoning, str) and reasoning:
+                    out.extend(self.blocks.reasoning(reasoning, {"openai": {"field": field}}))
+                    break
             if isinstance(delta.get("content"), str) and delta["content"]:
                 out.extend(self.blocks.text(delta["content"]))
             for call in delta.get("tool_calls") or ():
@@ -324,6 +363,8 @@ class OpenAIStreamEncoder(StreamEncoder):
         self.call_index = -1
         self.usage = ir.Usage()
         self.started = False
+        self.reasoning: ir.Reasoning | None = None  # the open reasoning block, for reasoning_details
+        self.carried = 0
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
         return sse_frame(
@@ -349,7 +390,23 @@ class OpenAIStreamEncoder(StreamEncoder):
         if isinstance(event, ir.TextDelta):
             return self._role() + self._chunk({"content": event.text})
         if isinstance(event, ir.ReasoningDelta):
+            if self.reasoning is not None:
+                self.reasoning.text += event.text
             return self._role() + self._chunk({"reasoning_content": event.text})
+        if isinstance(event, ir.ReasoningStart):
+            self.reasoning = ir.Reasoning("", provider_metadata=event.provider_metadata)
+            return self._role()
+        if isinstance(event, ir.ReasoningSignature) and self.reasoning is not None:
+            self.reasoning.signature = (self.reasoning.signature or "") + event.signature
+            return b""
+        if isinstance(event, ir.ReasoningEnd) and self.reasoning is not None:
+            part, self.reasoning = self.reasoning, None
+            details = _details([part])
+            if not details:
+                return b""
+            details[0]["index"] = self.carried
+            self.carried += 1
+            return self._role() + self._chunk({"reasoning_details": details})
         if isinstance(event, ir.ToolCallStart):
             self.call_index += 1
             call = {"index": self.call_index, "id": event.id, "type": "function", "function": {"name": event.name, "arguments": ""}}
@@ -454,6 +511,9 @@ class OpenAIAdapter(Adapter):
         reasoning = "".join(p.text for p in resp.parts if isinstance(p, ir.Reasoning))
         if reasoning:
             message["reasoning_content"] = reasoning
+        details = _details(resp.parts)
+        if details:
+            message["reasoning_details"] = details
         calls = [p for p in resp.parts if isinstance(p, ir.ToolCall)]
         if calls:
             message["tool_calls"] = [
@@ -551,9 +611,9 @@ class OpenAIAdapter(Adapter):
         choice = data["choices"][0]
         message = choice.get("message") or {}
         parts: list[ir.Part] = []
-        reasoning = message.get("reasoning_content") or message.get("reasoning")
-        if isinstance(reasoning, str) and reasoning:
-            parts.append(ir.Reasoning(reasoning))
+        field = next((f for f in REASONING_FIELDS if isinstance(message.get(f), str) and message[f]), None)
+        if field:
+            parts.append(_reasoning(message[field], field))
         if isinstance(message.get("content"), str) and message["content"]:
             parts.append(ir.Text(message["content"]))
         if isinstance(choice.get("text"), str) and choice["text"]:  # a /completions answer

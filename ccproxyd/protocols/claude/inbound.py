@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from ... import ir
 from ...errors import ClientError
+from .. import carry
 from ..fields import check, integer, number, opt, req, split_data_url, string_list
 from .wire import BETA_KEY, CLAUDE_THINKING, SERVER_TOOLS_KEY, TOOL_FIELDS_KEY
 
@@ -135,6 +136,9 @@ def _decode_block(block: Any, at: str) -> ir.Part:
         signature = opt(block, "signature", str, at + ".")
         if not signature:  # unsigned thinking is not Claude's and must never go back to Claude as such
             return ir.Reasoning(text)
+        carried = carry.unwrap(signature)  # another upstream's reasoning, carried by this client for it
+        if carried is not None:
+            return carried
         return ir.Reasoning(text, signature, provider_metadata=_copy(CLAUDE_THINKING))
     if kind == "redacted_thinking":
         return ir.Reasoning(redacted=req(block, "data", str, at + "."), provider_metadata=_copy(CLAUDE_THINKING))

@@ -8,6 +8,7 @@ import orjson
 
 from ... import ir
 from ...errors import BadGateway, ProxyError, UpstreamError, kind_for_status
+from .. import carry
 from ..base import ModelInfo
 from .wire import (
     CLAUDE_THINKING,
@@ -121,8 +122,8 @@ def _block(part: ir.Part) -> dict[str, Any] | None:
     if isinstance(part, ir.Reasoning):
         if part.redacted is not None:
             return {"type": "redacted_thinking", "data": part.redacted}
-        # Reasoning from other providers has no Claude signature: shown, but Claude Code will not replay it.
-        signature = claude_signature(part)
+        # Reasoning from other providers has no Claude signature: what they need back rides in a carried one.
+        signature = claude_signature(part) or (carry.wrap(part) if carry.worth_carrying(part) else None)
         if not part.text and not signature:
             return None
         return {"type": "thinking", "thinking": part.text, "signature": signature or ""}

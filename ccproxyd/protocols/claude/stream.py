@@ -22,6 +22,7 @@ import orjson
 from ... import ir
 from ...errors import ProxyError, UpstreamError
 from ...streams import FrameTooLarge, iter_sse, sse_frame
+from .. import carry
 from ..base import StreamEncoder
 from .response import error_body
 from .wire import (
@@ -191,10 +192,11 @@ class ClaudeStreamEncoder(StreamEncoder):
     tokens only at the end get an estimate there, and the real count in
     ``message_delta``, where the Anthropic SDK takes it from.
 
-    Reasoning from a non-Claude upstream is sent as a thinking block with an
-    empty signature and no ``signature_delta``: the client shows it, and Claude
-    Code will not replay it (a foreign signature would make Claude reject the
-    next request).
+    Reasoning from a non-Claude upstream that needs something back (a Responses
+    blob, Gemini signatures, the field it came in) gets a carried signature
+    (:mod:`..carry`), which the inbound side unwraps and never sends to Claude;
+    other foreign reasoning gets an empty signature, and Claude Code will not
+    replay it.
     """
 
     content_type = "text/event-stream"
@@ -208,6 +210,7 @@ class ClaudeStreamEncoder(StreamEncoder):
         self.next_index = 0
         self.open: BlockKind | None = None
         self.claude_thinking = False
+        self.foreign: ir.Reasoning | None = None  # another upstream's reasoning, to carry in the signature
         self.signature = ""
         self.sent_arguments = False
         self.finish: ir.Finish | None = None
@@ -237,18 +240,27 @@ class ClaudeStreamEncoder(StreamEncoder):
         if isinstance(event, ir.ReasoningStart):
             out = self._close()
             self.claude_thinking = "claude" in (event.provider_metadata or {})
+            self.foreign = None if self.claude_thinking else ir.Reasoning("", provider_metadata=event.provider_metadata)
             self.signature = ""
             return out
         if isinstance(event, ir.ReasoningDelta):
             if not event.text:
                 return b""
+            if self.foreign is not None:
+                self.foreign.text += event.text
             return self._open("thinking") + self._delta({"type": "thinking_delta", "thinking": event.text})
         if isinstance(event, ir.ReasoningSignature):
             if not self.claude_thinking:
+                if self.foreign is not None:
+                    self.foreign.signature = (self.foreign.signature or "") + event.signature
                 return b""
             self.signature += event.signature
             return self._open("thinking")
         if isinstance(event, ir.ReasoningEnd):
+            foreign, self.foreign = self.foreign, None
+            if foreign is not None and carry.worth_carrying(foreign):
+                self.signature = carry.wrap(foreign)
+                return self._open("thinking") + self._close()
             return self._close()
         if isinstance(event, ir.RedactedReasoning):
             block = {"type": "redacted_thinking", "data": event.data}

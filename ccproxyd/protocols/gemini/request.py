@@ -15,6 +15,7 @@ import orjson
 
 from ... import ir
 from ...errors import ClientError
+from .. import carry
 from . import schema
 from .wire import (
     JSON_SCHEMA_TOOLS_KEY,
@@ -127,6 +128,9 @@ def _decode_part(part: Any, at: str, model: bool) -> ir.Part | None:
         return _decode_function_response(check(get(part, "functionResponse"), dict, at + ".functionResponse"), at + ".functionResponse")
     if get(part, "text") is not None:
         text = check(get(part, "text"), str, at + ".text")
+        carried = carry.unwrap(get(part, "thoughtSignature") or "") if meta else None
+        if carried is not None:  # another upstream's reasoning, carried back by this client
+            return carried
         if opt(part, "thought", bool, at + "."):
             return ir.Reasoning(text, provider_metadata=meta)
         return ir.Text(text, meta) if text or meta else None

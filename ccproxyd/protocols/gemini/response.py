@@ -16,6 +16,7 @@ import orjson
 from ... import ir
 from ...errors import UpstreamError, kind_for_status
 from ...streams import iter_sse
+from .. import carry
 from .wire import (
     KIND_BY_STATUS,
     finish_from_gemini,
@@ -260,9 +261,13 @@ def encode_parts(parts: list[ir.Part], include_thoughts: bool) -> list[dict[str,
                 continue
             item: dict[str, Any] = {"text": part.text}
         elif isinstance(part, ir.Reasoning):
-            if not include_thoughts or part.redacted is not None:
+            if part.redacted is not None:
                 continue
-            item = {"text": part.text, "thought": True}
+            if not sig and carry.worth_carrying(part):  # another upstream's reasoning: what it needs back rides here
+                sig = carry.wrap(part)
+            elif not include_thoughts:
+                continue
+            item = {"text": part.text, "thought": True} if include_thoughts else {"text": ""}
         elif isinstance(part, ir.ToolCall):
             item = {"functionCall": {"id": part.id, "name": part.name, "args": part.arguments}}
         else:

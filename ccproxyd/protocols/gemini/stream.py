@@ -17,6 +17,7 @@ import orjson
 
 from ... import ir
 from ...errors import ProxyError
+from .. import carry
 from ..base import StreamEncoder
 from .response import new_response_id
 from .wire import error_body, finish_to_gemini, signature_of, usage_to_gemini
@@ -35,6 +36,7 @@ class GeminiStreamEncoder(StreamEncoder):
         # the open block: "text", "thought", "hidden" (thoughts the client did not ask for) or None
         self.block: str | None = None
         self.block_signature: str | None = None
+        self.foreign: ir.Reasoning | None = None  # another upstream's reasoning, carried in a thoughtSignature
         self.call: tuple[str, str, str | None, list[str]] | None = None
         self.calls: list[dict[str, Any]] = []  # whole functionCall parts not sent yet
 
@@ -74,6 +76,8 @@ class GeminiStreamEncoder(StreamEncoder):
         if isinstance(event, ir.TextDelta):
             return self._content({"text": event.text}) if self.block == "text" else b""
         if isinstance(event, ir.ReasoningDelta):
+            if self.foreign is not None:
+                self.foreign.text += event.text
             return self._content({"text": event.text, "thought": True}) if self.block == "thought" else b""
         if isinstance(event, ir.ToolCallDelta):
             if self.call is not None:
@@ -82,8 +86,20 @@ class GeminiStreamEncoder(StreamEncoder):
         if isinstance(event, ir.TextStart):
             return self._open("text", event.provider_metadata)
         if isinstance(event, ir.ReasoningStart):
-            return self._open("thought" if self.include_thoughts else "hidden", event.provider_metadata)
-        if isinstance(event, (ir.TextEnd, ir.ReasoningEnd)):
+            out = self._open("thought" if self.include_thoughts else "hidden", event.provider_metadata)
+            self.foreign = None if self.block_signature else ir.Reasoning("", provider_metadata=event.provider_metadata)
+            return out
+        if isinstance(event, ir.ReasoningSignature) and self.foreign is not None:
+            self.foreign.signature = (self.foreign.signature or "") + event.signature
+            return b""
+        if isinstance(event, ir.ReasoningEnd):
+            out = self._close_block()
+            foreign, self.foreign = self.foreign, None
+            if foreign is not None and carry.worth_carrying(foreign):  # what its upstream needs back, on an empty part
+                part = {"text": "", "thought": True} if self.include_thoughts else {"text": ""}
+                out += self._frame([{**part, "thoughtSignature": carry.wrap(foreign)}])
+            return out
+        if isinstance(event, ir.TextEnd):
             return self._close_block()
         if isinstance(event, ir.ToolCallStart):
             out = self._close_block()
@@ -99,7 +115,7 @@ class GeminiStreamEncoder(StreamEncoder):
             return self._finish(event.finish)
         if isinstance(event, ir.ResponseStart):
             self.response_id = event.id or self.response_id
-        # ReasoningSignature / RedactedReasoning belong to other protocols; Gemini clients cannot replay them
+        # RedactedReasoning belongs to Claude; Gemini clients cannot replay it
         return b""
 
     def _open(self, block: str, meta: dict[str, Any] | None) -> bytes:
