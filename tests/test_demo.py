@@ -75,7 +75,7 @@ def test_demo_provider_needs_no_base_url_and_rejects_unknown_protocols(tmp_path)
     path.write_text('[providers.d]\nprotocol = "demo"\n[providers.x]\nprotocol = "dmeo"\nbase_url = "http://127.0.0.1:1"\n')
     with pytest.raises(Exception) as e:
         load_config(str(path))
-    assert "providers.x.protocol: must be one of openai, claude, gemini, ollama, demo; got 'dmeo'" in str(e.value)
+    assert "providers.x.protocol: must be one of openai, claude, gemini, ollama, responses, demo; got 'dmeo'" in str(e.value)
     assert "providers.d" not in str(e.value)
 
 
@@ -105,7 +105,7 @@ def test_fresh_clone_make_run_answers_the_readme_curls(tmp_path):
     try:
         wait_for_port(port, proc)
         curls = readme_curls((clone / "README.md").read_text())
-        assert len(curls) == 4, curls
+        assert len(curls) == 5, curls  # OpenAI, Anthropic, Gemini, Ollama, OpenAI Responses
         for command in curls:
             assert "localhost:11435" in command
             command = command.replace("localhost:11435", f"127.0.0.1:{port}") + " -o /dev/null -w '%{http_code}'"

@@ -205,7 +205,7 @@ async def test_refusals_before_routing_are_logged_and_counted(start_emulator, ru
     auth = {"authorization": f"Bearer {ACCESS_KEY}"}
     secret_body = {"model": "m", "messages": [{"role": "user", "content": "a private thought"}]}
     refusals = [
-        ("POST", "/v1/responses", auth, json.dumps(secret_body), 404),
+        ("POST", "/v1/audio/speech", auth, json.dumps(secret_body), 404),
         ("GET", "/v1/chat/completions", auth, None, 405),
         ("POST", "/v1/chat/completions", {}, json.dumps(secret_body), 401),
         ("POST", "/v1/chat/completions", {"authorization": "Bearer sk-wrong-guess-0001"}, json.dumps(secret_body), 401),
@@ -225,7 +225,7 @@ async def test_refusals_before_routing_are_logged_and_counted(start_emulator, ru
     daemon.proc.terminate()
     _, stderr = await asyncio.to_thread(daemon.proc.communicate, timeout=15)
     access = [line for line in stderr.splitlines() if "ccproxyd.access" in line]
-    assert any("unknown_path" in line and "status=404" in line and "path=/v1/responses" in line for line in access), stderr
+    assert any("unknown_path" in line and "status=404" in line and "path=/v1/audio/speech" in line for line in access), stderr
     assert any("method_not_allowed" in line and "status=405" in line for line in access), stderr
     for status in (401, 413, 400):
         assert any(f"status={status}" in line for line in access), (status, stderr)
