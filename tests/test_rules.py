@@ -205,7 +205,7 @@ def test_check_accepts_rules_that_can_still_match(earlier: dict[str, Any], later
     ({"when": {"thinking": "yes"}, "use": "fast"}, "groups.default.routes[0].when.thinking: expected true or false, got str"),
     ({"when": {"context_tokens_over": -1}, "use": "fast"}, "groups.default.routes[0].when.context_tokens_over: must be at least 0"),
     ({"when": {"model": []}, "use": "fast"}, "groups.default.routes[0].when.model: expected a pattern or a non-empty list of patterns"),
-    ({"when": {"protocol": "grpc"}, "use": "fast"}, "groups.default.routes[0].when.protocol: unknown protocol 'grpc'; expected one of openai, claude, gemini, ollama"),
+    ({"when": {"protocol": "grpc"}, "use": "fast"}, "groups.default.routes[0].when.protocol: unknown protocol 'grpc'; expected one of openai, claude, gemini, ollama, responses"),
 ])
 def test_check_names_every_malformed_rule(rule: dict[str, Any], message: str) -> None:
     assert errors([rule]) == [f"ccproxy.toml: {message}"]
@@ -239,3 +239,16 @@ def test_a_stats_file_from_before_routes_gains_the_route_column(tmp_path: Any) -
     assert db.execute("PRAGMA user_version").fetchone()[0] == stats.SCHEMA_VERSION
     db.close()
     assert {r["route"]: r["requests"] for r in stats.summarize(path, None, "route")} == {"-": 1, "default rule 1:fast": 1}
+
+
+def test_the_responses_adapter_fills_in_thinking_and_hosted_tools_too() -> None:
+    decode_responses = ADAPTERS["responses"].decode_request
+    route = route_of("/v1/responses")
+    plain = {"model": rr.MAIN_MODEL, "input": "hello"}
+    assert not decode_responses(plain, route, {}).wants_thinking
+    assert decode_responses({**plain, "reasoning": {"effort": "high"}}, route, {}).wants_thinking
+    assert not decode_responses({**plain, "reasoning": {"effort": "none"}}, route, {}).wants_thinking
+    searching = decode_responses({**plain, "tools": [{"type": "web_search"}]}, route, {})
+    assert list(rules.offered_tools(searching)) == ["web_search"]
+    assert rules.choose(config([{"when": {"tools_include": "web_search*", "protocol": "responses"}, "use": "search"}])
+                        .groups["default"].routes, searching, "responses").use == "search"

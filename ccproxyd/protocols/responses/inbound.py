@@ -77,6 +77,8 @@ def decode_request(body: dict[str, Any], headers: Mapping[str, str]) -> ir.Reque
         reasoning=reasoning,
         parallel_tool_calls=opt(body, "parallel_tool_calls", bool),
         extras={wire.NAME: state},
+        wants_thinking=reasoning is not None and reasoning.enabled,
+        builtin_tools=[str(t["type"]) for t in hosted],  # web_search, web_search_preview, file_search, ...
     )
 
 
