@@ -42,6 +42,7 @@ from .protocols.base import Adapter, ModelInfo, UpstreamTarget
 from .routing import Attempt, AttemptPlan, Router, is_retryable, resolve_alias, resolve_group
 from .shaping import finish_call, shape_request, use_compat
 from .streams import FrameTooLarge
+from .toolnames import fit_request
 from .upstream import UpstreamClient, parse_retry_after
 
 log = logging.getLogger("ccproxyd.dispatch")
@@ -166,9 +167,11 @@ class Dispatcher:
         """The upstream's answer as IR events; the upstream response is put in ``release`` to be closed."""
         default_max = config.server.default_max_tokens if outbound.requires_max_tokens else None
         shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias, default_max)
-        tools = shaped.tools
+        tools, names = shaped.tools, None
         if compat:  # also without tools: earlier tool calls in the history must become text
             shaped = prepare_request(shaped, plan.group.prompt_position)
+        else:
+            shaped, names = fit_request(shaped, outbound.tool_names)  # names the upstream refuses → safe ones
         if outbound.inline_images_only:
             shaped = await inline_images(shaped, self.upstream, config.server)
         target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)
@@ -203,6 +206,8 @@ class Dispatcher:
                 raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
         if compat and tools:
             events = parse_stream(events, tools)
+        elif names is not None:
+            events = names.restore(events)
         return _guard(events, config)
 
     async def _first_events(self, events: AsyncIterator[ir.Event], record: RequestRecord) -> list[ir.Event]:
@@ -328,7 +333,8 @@ class Dispatcher:
         for attempt in itertools.islice(plan.attempts, 1):
             outbound = ADAPTERS[attempt.provider.protocol]
             target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)
-            call = outbound.encode_count_tokens_request(shape_request(client_req, plan.group, attempt.provider, plan.alias), target)
+            shaped, _ = fit_request(shape_request(client_req, plan.group, attempt.provider, plan.alias), outbound.tool_names)
+            call = outbound.encode_count_tokens_request(shaped, target)
             if call is None:
                 break
             finish_call(call, attempt.provider, request.headers, record.request_id)

@@ -17,6 +17,7 @@ from .. import ir
 from ..config import Provider
 from ..errors import NotFound, ProxyError, UpstreamError
 from ..paths import Route
+from ..toolnames import ToolNameRule
 
 
 @dataclass(slots=True)
@@ -77,6 +78,8 @@ class Adapter(ABC):
     inline_images_only: ClassVar[bool] = False
     # Upstreams that refuse a request without max_tokens: the dispatcher fills in server.default_max_tokens.
     requires_max_tokens: ClassVar[bool] = False
+    # What the upstream accepts as a tool name (None: anything); others are renamed by toolnames.py.
+    tool_names: ClassVar[ToolNameRule | None] = None
 
     # ------------------------------------------------------------ inbound (client side)
 

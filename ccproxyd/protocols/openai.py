@@ -13,6 +13,7 @@ from ..errors import ClientError, ProxyError, UpstreamError
 from ..paths import Route
 from ..streams import iter_sse, sse_frame
 from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
+from ..toolnames import ToolNameRule
 from .fields import check, integer, number, opt, req, split_data_url, string_list
 
 FINISH_FROM_OPENAI: dict[str, ir.FinishReason] = {
@@ -373,6 +374,8 @@ def _error_body(err: ProxyError) -> dict[str, Any]:
 
 class OpenAIAdapter(Adapter):
     name = "openai"
+    # function names: a-z, A-Z, 0-9, underscores and dashes, at most 64 (OpenAI API reference)
+    tool_names = ToolNameRule("A-Za-z0-9_-", 64)
 
     # ------------------------------------------------------------ inbound
 

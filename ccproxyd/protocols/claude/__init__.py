@@ -14,6 +14,7 @@ from ... import ir
 from ...errors import ProxyError, UpstreamError
 from ...paths import Route
 from ..base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
+from ...toolnames import ToolNameRule
 from . import inbound, outbound, response, stream
 from .stream import ClaudeStreamDecoder, ClaudeStreamEncoder
 
@@ -21,6 +22,8 @@ from .stream import ClaudeStreamDecoder, ClaudeStreamEncoder
 class ClaudeAdapter(Adapter):
     name = "claude"
     requires_max_tokens = True
+    # ^[a-zA-Z0-9_-]{1,64}$ (Anthropic tool-use docs; no dots, unlike MCP names)
+    tool_names = ToolNameRule("A-Za-z0-9_-", 64)
 
     # ------------------------------------------------------------ inbound
 

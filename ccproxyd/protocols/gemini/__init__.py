@@ -13,6 +13,7 @@ from ... import ir
 from ...errors import ClientError, ProxyError, UpstreamError
 from ...paths import Route
 from ..base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
+from ...toolnames import ToolNameRule
 from . import request, response
 from .stream import GeminiStreamEncoder
 from .wire import error_body, error_status
@@ -33,6 +34,8 @@ def _include_thoughts(req: ir.Request) -> bool:
 
 class GeminiAdapter(Adapter):
     name = "gemini"
+    # FunctionDeclaration.name: starts with a letter or underscore; a-z, A-Z, 0-9, _ . : -; at most 64
+    tool_names = ToolNameRule("A-Za-z0-9_.:-", 64, first="A-Za-z_")
     inline_images_only = True
 
     # ------------------------------------------------------------ inbound
