@@ -15,10 +15,13 @@ import sys
 
 from mcp.server.mcpserver import MCPServer
 
+from features import add_features  # the script's own directory is on sys.path
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", action="store_true")
+    parser.add_argument("--features", help="also offer features.py's resources, prompts and tools under this label")
     args = parser.parse_args()
     print(f"tiny pid={os.getpid()}", file=sys.stderr, flush=True)
     if args.child:
@@ -26,6 +29,8 @@ def main() -> None:
         print(f"tiny child pid={child.pid}", file=sys.stderr, flush=True)
 
     server = MCPServer("tiny")
+    if args.features:
+        add_features(server, args.features)
 
     @server.tool()
     def whoami() -> str:
