@@ -19,6 +19,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from ccproxyd.mcpproxy.aggregate import ServerTools, build_catalog, uri_prefix
+from tests.conftest import ACCESS_KEY
 from tests.mcp_servers.harness import (
     INITIALIZE,
     WAIT,
@@ -278,6 +279,37 @@ async def test_endpoint_errors(base: str) -> None:
         assert reply["error"]["code"] == -32602 and "name is required" in reply["error"]["message"]
         status, reply, _ = await post(http, f"{base}/mcp/docs", request("resources/list", 6, cursor="bm9wZQ"), session)
         assert reply["error"]["code"] == -32602 and "cursor" in reply["error"]["message"]
+
+
+async def test_the_daemon_serves_the_new_endpoints_behind_its_keys(run_daemon: Any, docs: HttpMcpServer) -> None:
+    daemon = run_daemon({
+        "server": {"stats": False},
+        "keys": [{"name": "tests", "key": ACCESS_KEY}],
+        "mcp": {"servers": {"docs": {"url": docs.url}, "tiny": tiny_server("--features", "tiny")}},
+    })
+    async with aiohttp.ClientSession() as http:
+        for path in ("/mcp/docs", "/mcp/http"):
+            status, _, _ = await post(http, daemon.url + path, INITIALIZE)
+            assert status == 401, path
+        async with http.get(f"{daemon.url}/sse/tiny") as resp:
+            assert resp.status == 401
+
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    async with connect(daemon.url, "mcp", token=ACCESS_KEY, path="/docs") as client:
+        assert "whoami" not in await tool_names(client)
+        result = await client.call_tool("count_up", {"steps": 3}, progress_callback=on_progress)
+        assert result.content[0].text == "counted to 3 on docs" and seen == [1.0, 2.0, 3.0]  # type: ignore[union-attr]
+    async with connect(daemon.url, "sse", query=f"?key={ACCESS_KEY}", path="/tiny") as client:
+        assert {p.name for p in (await client.list_prompts()).prompts} == {"greet", "tiny_help"}
+        assert text_of(await client.read_resource("shared://motd")) == "motd of tiny"
+    async with connect(daemon.url, "mcp", token=ACCESS_KEY, path="/http") as client:
+        assert {"whoami", "docs__count_up", "tiny__count_up"} <= await tool_names(client)
+        uris = {r.uri for r in (await client.list_resources()).resources}
+        assert {"docs+shared://motd", "tiny+shared://motd", "note://docs/readme"} <= uris
 
 
 # ---------------------------------------------------------------- units

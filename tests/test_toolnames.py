@@ -77,9 +77,20 @@ async def test_claude_client_tool_round_trip_with_names_the_upstream_refuses(
 ) -> None:
     upstream = await start_upstream(upstream_protocol)
     proxy = await start_proxy(proxy_config([upstream]))
-    emulator = upstream.emulator
+    await _round_trip(proxy.url, upstream.emulator, upstream_protocol, stream)
+
+
+@pytest.mark.parametrize("upstream_protocol", ["claude", "gemini"])
+async def test_the_daemon_renames_too(start_upstream: Any, run_daemon: Any, upstream_protocol: str) -> None:
+    upstream = await start_upstream(upstream_protocol)
+    daemon = run_daemon(proxy_config([upstream]))
+    await _round_trip(daemon.url, upstream.emulator, upstream_protocol, stream=True)
+
+
+async def _round_trip(url: str, emulator: Any, upstream_protocol: str, stream: bool) -> None:
+    """Two turns of a Claude client using TOOLS; the checks of the upstream's and the client's view."""
     _model_calls_every_tool(emulator)
-    driver = DRIVERS["claude"](proxy.url, f"m-{upstream_protocol}")
+    driver = DRIVERS["claude"](url, f"m-{upstream_protocol}")
     try:
         turns: list[tuple[str, Any]] = [("user", "Use every tool.")]
         first = await driver.chat(turns, tools=TOOLS, stream=stream)
