@@ -279,6 +279,11 @@ async def test_endpoint_errors(base: str) -> None:
         assert reply["error"]["code"] == -32602 and "name is required" in reply["error"]["message"]
         status, reply, _ = await post(http, f"{base}/mcp/docs", request("resources/list", 6, cursor="bm9wZQ"), session)
         assert reply["error"]["code"] == -32602 and "cursor" in reply["error"]["message"]
+        # params of the wrong shape for the method's schema
+        status, reply, _ = await post(http, f"{base}/mcp/docs", request("prompts/get", 7, name="greet", arguments={"who": 5}), session)
+        assert reply["error"]["code"] == -32602 and "arguments.who" in reply["error"]["message"]
+        status, reply, _ = await post(http, f"{base}/mcp/docs", request("resources/unsubscribe", 8, uri="shared://motd"), session)
+        assert reply["error"]["code"] == -32602 and "not subscribed" in reply["error"]["message"]
 
 
 async def test_the_daemon_serves_the_new_endpoints_behind_its_keys(run_daemon: Any, docs: HttpMcpServer) -> None:
@@ -334,3 +339,13 @@ def test_uri_clash_rule_is_reversible() -> None:
     assert catalog.uris.resolve("b://z") == ("My B", "b://z", "")  # an expanded template of one server
     assert catalog.uris.resolve("q://nothing") is None
     assert uri_prefix("9lives") == "s9lives" and uri_prefix("a", {"a"}) != "a"
+
+
+def test_the_new_paths_reach_the_mcp_proxy() -> None:
+    from ccproxyd.paths import parse_path
+
+    for method in ("GET", "POST", "DELETE"):
+        for path in ("/mcp/http", "/mcp/docs", "/mcp/my.server"):
+            assert parse_path(method, path).action == "mcp_http", (method, path)
+        for path in ("/sse/docs", "/sse/messages"):
+            assert parse_path(method, path).action == "mcp_sse", (method, path)

@@ -37,7 +37,7 @@ from .jsonrpc import (
 )
 from .sessions import Session, Sessions
 from .transports import serve_http, serve_sse
-from .upstreams import Upstream, UpstreamTimeout, UpstreamUnavailable
+from .upstreams import InvalidParams, Upstream, UpstreamTimeout, UpstreamUnavailable
 
 log = logging.getLogger("ccproxyd.mcp")
 
@@ -229,7 +229,7 @@ class McpProxy:
     async def _ping(self, session: Session, params: dict[str, Any], notify: Notify) -> dict[str, Any]:
         return {}
 
-    async def _list(self, session: Session, params: dict[str, Any], notify: Notify, method: str = "tools/list") -> dict[str, Any]:
+    async def _list(self, session: Session, params: dict[str, Any], notify: Notify, *, method: str) -> dict[str, Any]:
         """One page of tools/list, resources/list, resources/templates/list or prompts/list.
 
         The first page lists every server again; the cursors page through
@@ -319,6 +319,8 @@ class McpProxy:
             reply = await upstream.request(method, forwarded, timeout, on_progress)
             outcome = "tool_error" if reply.get("isError") else "ok"
             return reply
+        except InvalidParams as e:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {e}") from None
         except UpstreamTimeout:
             outcome = "timeout"
             raise RpcError(REQUEST_TIMEOUT, f"{_NOUN[method]} {what} timed out after {timeout:g} s", {"server": server}) from None
@@ -330,9 +332,7 @@ class McpProxy:
             raise RpcError(e.code, e.message, e.data) from None
         except ValidationError:
             outcome = "error"
-            raise RpcError(
-                INTERNAL_ERROR, f"MCP server {server} sent an invalid {method} result, or the request was malformed", {"server": server}
-            ) from None
+            raise RpcError(INTERNAL_ERROR, f"MCP server {server} sent an invalid {method} result", {"server": server}) from None
         finally:
             if method == "tools/call" and outcome is not None:
                 self._count(server, outcome)

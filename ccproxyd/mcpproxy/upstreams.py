@@ -66,6 +66,10 @@ class UpstreamTimeout(Exception):
     pass
 
 
+class InvalidParams(Exception):
+    """The client's params do not have the shape the method's schema asks for."""
+
+
 def describe(error: BaseException) -> str:
     """One line for the log: the first leaf of an exception group, with its type."""
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
@@ -154,14 +158,19 @@ class Upstream:
 
         Cancelling the caller, and the timeout, cancel the request upstream
         too (the SDK sends ``notifications/cancelled``). Raises
-        UpstreamUnavailable, UpstreamTimeout, MCPError (the upstream's own
-        JSON-RPC error) or ValidationError (params or result of the wrong shape).
+        InvalidParams, UpstreamUnavailable, UpstreamTimeout, MCPError (the
+        upstream's own JSON-RPC error) or ValidationError (a result of the wrong shape).
         """
         session = self._session
         if session is None or not self.up:
             raise UpstreamUnavailable(self.error or "not connected")
         request_type, params_type = FORWARDED[method]
-        request = request_type(params=params_type.model_validate(params))
+        try:
+            request = request_type(params=params_type.model_validate(params))
+        except ValidationError as e:
+            problem = e.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"])
+            raise InvalidParams(f"{where}: {problem['msg']}" if where else problem["msg"]) from None
         try:
             # the SDK times the request out itself; the outer bound also covers a write that never completes
             async with asyncio.timeout(timeout + 5):
