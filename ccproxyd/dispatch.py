@@ -171,7 +171,7 @@ class Dispatcher:
         if compat:  # also without tools: earlier tool calls in the history must become text
             shaped = prepare_request(shaped, plan.group.prompt_position)
         else:
-            shaped, names = fit_request(shaped, outbound.tool_names)  # names the upstream refuses → safe ones
+            shaped, names = fit_request(shaped, outbound.tool_names, outbound.rename_tools_in_extras)  # refused names → safe ones
         if outbound.inline_images_only:
             shaped = await inline_images(shaped, self.upstream, config.server)
         target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)
@@ -333,7 +333,8 @@ class Dispatcher:
         for attempt in itertools.islice(plan.attempts, 1):
             outbound = ADAPTERS[attempt.provider.protocol]
             target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)
-            shaped, _ = fit_request(shape_request(client_req, plan.group, attempt.provider, plan.alias), outbound.tool_names)
+            shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias)
+            shaped, _ = fit_request(shaped, outbound.tool_names, outbound.rename_tools_in_extras)
             call = outbound.encode_count_tokens_request(shaped, target)
             if call is None:
                 break

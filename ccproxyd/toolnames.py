@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, replace
-from typing import AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping
 
 from . import ir
 
@@ -96,8 +96,17 @@ def plan_names(names: Iterable[str], rule: ToolNameRule) -> dict[str, str]:
     return renamed
 
 
-def fit_request(req: ir.Request, rule: ToolNameRule | None) -> tuple[ir.Request, NameMap | None]:
-    """``req`` with names ``rule`` accepts, and the map back (None when nothing was renamed)."""
+RenameExtras = Callable[[dict[str, dict[str, Any]], Mapping[str, str]], dict[str, dict[str, Any]]]
+
+
+def fit_request(
+    req: ir.Request, rule: ToolNameRule | None, rename_extras: RenameExtras | None = None
+) -> tuple[ir.Request, NameMap | None]:
+    """``req`` with names ``rule`` accepts, and the map back (None when nothing was renamed).
+
+    ``rename_extras`` renames the tool names the upstream protocol's own
+    fields (``Request.extras``) are keyed by (``Adapter.rename_tools_in_extras``).
+    """
     if rule is None:
         return req, None
     renamed = plan_names(request_names(req), rule)
@@ -108,7 +117,8 @@ def fit_request(req: ir.Request, rule: ToolNameRule | None) -> tuple[ir.Request,
     if choice is not None and choice.name in renamed:
         choice = replace(choice, name=renamed[choice.name])
     messages = [_renamed_message(m, renamed) for m in req.messages]
-    fitted = replace(req, tools=tools, tool_choice=choice, messages=messages)
+    extras = rename_extras(req.extras, renamed) if rename_extras is not None else req.extras
+    fitted = replace(req, tools=tools, tool_choice=choice, messages=messages, extras=extras)
     return fitted, NameMap({safe: original for original, safe in renamed.items()})
 
 

@@ -122,6 +122,21 @@ async def _round_trip(url: str, emulator: Any, upstream_protocol: str, stream: b
         await driver.close()
 
 
+async def test_claude_fields_of_a_renamed_tool_stay_with_it(start_upstream: Any, start_proxy: Any) -> None:
+    upstream = await start_upstream("claude")
+    proxy = await start_proxy(proxy_config([upstream]))
+    driver = DRIVERS["claude"](proxy.url, "m-claude")
+    try:
+        tools = [{"name": t.name, "description": t.description, "input_schema": t.parameters} for t in TOOLS]
+        tools[1]["cache_control"] = {"type": "ephemeral"}  # the dotted one
+        await driver.client.messages.create(model="m-claude", max_tokens=64, messages=[{"role": "user", "content": "hi"}], tools=tools)
+        sent = {t["description"]: t for t in upstream.emulator.last.body["tools"]}
+        assert sent["tool-dotted"]["name"] != DOTTED and sent["tool-dotted"]["cache_control"] == {"type": "ephemeral"}
+        assert "cache_control" not in sent["tool-long"]
+    finally:
+        await driver.close()
+
+
 async def test_count_tokens_sends_safe_names(start_upstream: Any, start_proxy: Any) -> None:
     upstream = await start_upstream("claude")
     proxy = await start_proxy(proxy_config([upstream]))

@@ -132,6 +132,10 @@ class Adapter(ABC):
     def decode_error(self, status: int, body: bytes) -> UpstreamError:
         """An upstream error response → UpstreamError with the upstream's message."""
 
+    def rename_tools_in_extras(self, extras: dict[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
+        """``extras[self.name]`` with the tool names it keys by renamed (original → safe), when tools were renamed."""
+        return extras
+
     def encode_count_tokens_request(self, req: ir.Request, target: UpstreamTarget) -> UpstreamCall | None:
         """An upstream token-count call, or None when the protocol has none."""
         return None
