@@ -10,7 +10,7 @@ next turn's history must reach the upstream under the same safe names.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 
@@ -122,34 +122,37 @@ async def _round_trip(url: str, emulator: Any, upstream_protocol: str, stream: b
         await driver.close()
 
 
-async def test_claude_fields_of_a_renamed_tool_stay_with_it(start_upstream: Any, start_proxy: Any) -> None:
+@pytest.fixture
+async def to_claude(start_upstream: Any, start_proxy: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """The Anthropic SDK (raw) through ccproxyd to the Claude emulator, and TOOLS in Claude's shape."""
     upstream = await start_upstream("claude")
     proxy = await start_proxy(proxy_config([upstream]))
     driver = DRIVERS["claude"](proxy.url, "m-claude")
-    try:
-        tools = [{"name": t.name, "description": t.description, "input_schema": t.parameters} for t in TOOLS]
-        tools[1]["cache_control"] = {"type": "ephemeral"}  # the dotted one
-        await driver.client.messages.create(model="m-claude", max_tokens=64, messages=[{"role": "user", "content": "hi"}], tools=tools)
-        sent = {t["description"]: t for t in upstream.emulator.last.body["tools"]}
-        assert sent["tool-dotted"]["name"] != DOTTED and sent["tool-dotted"]["cache_control"] == {"type": "ephemeral"}
-        assert "cache_control" not in sent["tool-long"]
-    finally:
-        await driver.close()
+    yield driver.client, upstream.emulator
+    await driver.close()
 
 
-async def test_count_tokens_sends_safe_names(start_upstream: Any, start_proxy: Any) -> None:
-    upstream = await start_upstream("claude")
-    proxy = await start_proxy(proxy_config([upstream]))
-    driver = DRIVERS["claude"](proxy.url, "m-claude")
-    try:
-        tools = [{"name": t.name, "description": t.description, "input_schema": t.parameters} for t in TOOLS]
-        await driver.client.messages.count_tokens(model="m-claude", messages=[{"role": "user", "content": "hi"}], tools=tools)
-        counted = _declared(upstream.emulator.last.body)
-        assert upstream.emulator.last.path.endswith("/count_tokens")
-        assert set(counted) == {"tool-long", "tool-dotted", "tool-valid"}
-        assert all(CLAUDE_RULE.match(n) for n in counted.values()), counted
-    finally:
-        await driver.close()
+def _claude_tools() -> list[dict[str, Any]]:
+    return [{"name": t.name, "description": t.description, "input_schema": t.parameters} for t in TOOLS]
+
+
+async def test_claude_fields_of_a_renamed_tool_stay_with_it(to_claude: tuple[Any, Any]) -> None:
+    client, emulator = to_claude
+    tools = _claude_tools()
+    tools[1]["cache_control"] = {"type": "ephemeral"}  # the dotted one
+    await client.messages.create(model="m-claude", max_tokens=64, messages=[{"role": "user", "content": "hi"}], tools=tools)
+    sent = {t["description"]: t for t in emulator.last.body["tools"]}
+    assert sent["tool-dotted"]["name"] != DOTTED and sent["tool-dotted"]["cache_control"] == {"type": "ephemeral"}
+    assert "cache_control" not in sent["tool-long"]
+
+
+async def test_count_tokens_sends_safe_names(to_claude: tuple[Any, Any]) -> None:
+    client, emulator = to_claude
+    await client.messages.count_tokens(model="m-claude", messages=[{"role": "user", "content": "hi"}], tools=_claude_tools())
+    counted = _declared(emulator.last.body)
+    assert emulator.last.path.endswith("/count_tokens")
+    assert set(counted) == {"tool-long", "tool-dotted", "tool-valid"}
+    assert all(CLAUDE_RULE.match(n) for n in counted.values()), counted
 
 
 # ---------------------------------------------------------------- units
