@@ -230,19 +230,22 @@ async def _answer_with_stream(proxy: McpProxy, session: Session, message: Messag
     related: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     task = asyncio.create_task(proxy.answer(session, message, related.put_nowait))
     stream = await _open_stream(request)
+    gone = asyncio.ensure_future(stream.wait())  # ends when a heartbeat cannot be written
     try:
         with suppress(ConnectionError, TimeoutError):
-            while True:
+            while not gone.done():
                 next_message = asyncio.ensure_future(related.get())
-                await asyncio.wait({next_message, task}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({next_message, task, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if not next_message.done():
-                    next_message.cancel()
+                    next_message.cancel()  # an item it did not take yet stays queued
                     break
                 await stream.send(orjson.dumps(next_message.result()).decode(), event="message")
-            reply = task.result()
-            if reply is not None:
-                await stream.send(orjson.dumps(reply).decode(), event="message")
+            while task.done() and not related.empty():  # sent just before the reply
+                await stream.send(orjson.dumps(related.get_nowait()).decode(), event="message")
+            if task.done() and task.result() is not None:
+                await stream.send(orjson.dumps(task.result()).decode(), event="message")
     finally:
+        gone.cancel()
         if not task.done():
             task.cancel()
         stream.stop_streaming()

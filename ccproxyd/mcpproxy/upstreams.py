@@ -3,7 +3,9 @@
 One :class:`Upstream` per ``[mcp.servers.NAME]``. A background task owns the
 connection (the SDK's transports and ``ClientSession`` are anyio context
 managers that must be entered and left by the same task): it connects,
-runs the initialize handshake, lists the tools, then waits until the
+runs the initialize handshake, lists the tools, resources, resource
+templates and prompts (subscribing again to what clients subscribed to),
+then waits until the
 connection is lost or the upstream is closed, and reconnects with
 exponential backoff. Requests from client sessions run in their own tasks
 and only borrow the live ``ClientSession``.
@@ -34,11 +36,11 @@ from .stdio import stdio_transport
 
 log = logging.getLogger("ccproxyd.mcp")
 
-CONNECT_TIMEOUT = 30.0  # initialize handshake and the first tools/list
-LIST_TIMEOUT = 15.0  # a tools/list refresh
+CONNECT_TIMEOUT = 30.0  # initialize handshake and the first listings
+LIST_TIMEOUT = 15.0  # a listing refresh
 CLOSE_TIMEOUT = 10.0  # a graceful close before the connection task is cancelled
 STREAM_READ_TIMEOUT = 3600.0  # idle SSE streams (legacy transport, Streamable HTTP GET)
-MAX_PAGES = 100  # of one upstream's tools/list
+MAX_PAGES = 100  # of one upstream's listing
 
 CLIENT_INFO = types.Implementation(name="ccproxyd", version=__version__)
 RAW_RESULT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
@@ -147,9 +149,6 @@ class Upstream:
                 log.warning("mcp %s: listing failed: %s (keeping the previous lists)", self.name, e.message)
         except Exception as e:
             self._lose(f"listing failed: {describe(e)}")
-
-    async def call_tool(self, name: str, arguments: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
-        return await self.request("tools/call", {"name": name, "arguments": arguments}, timeout)
 
     async def request(
         self, method: str, params: dict[str, Any], timeout: float, on_progress: ProgressFnT | None = None
@@ -325,29 +324,27 @@ class Upstream:
     async def _fetch_lists(self, session: ClientSession, timeout: float) -> None:
         """Every listing the server's capabilities offer; a server without one has an empty list.
 
-        A server that announced no capabilities at all is asked anyway, and
-        a "method not found" from it counts as an empty list.
+        A server that announced no capabilities at all is asked anyway. Only
+        the tools are essential: a server whose resource or prompt listing
+        fails with an error of its own is kept, with that list empty.
         """
         caps = session.server_capabilities
         unknown = caps is None
-        offers_resources = unknown or caps.resources is not None  # type: ignore[union-attr]
         tools, resources, templates, prompts = [], [], [], []
         if unknown or caps.tools is not None:  # type: ignore[union-attr]
-            tools = await self._fetch(session, types.ListToolsRequest, "tools", "name", timeout)
-        if offers_resources:
-            resources = await self._fetch(session, types.ListResourcesRequest, "resources", "uri", timeout, unknown)
-            templates = await self._fetch(
-                session, types.ListResourceTemplatesRequest, "resourceTemplates", "uriTemplate", timeout, True
-            )
+            tools = await self._fetch(session, types.ListToolsRequest, "tools", "name", timeout, essential=True)
+        if unknown or caps.resources is not None:  # type: ignore[union-attr]
+            resources = await self._fetch(session, types.ListResourcesRequest, "resources", "uri", timeout)
+            templates = await self._fetch(session, types.ListResourceTemplatesRequest, "resourceTemplates", "uriTemplate", timeout)
         if unknown or caps.prompts is not None:  # type: ignore[union-attr]
-            prompts = await self._fetch(session, types.ListPromptsRequest, "prompts", "name", timeout, unknown)
+            prompts = await self._fetch(session, types.ListPromptsRequest, "prompts", "name", timeout)
         self.tools, self.resources, self.templates, self.prompts = tools, resources, templates, prompts
         self.can_subscribe = bool(caps and caps.resources and caps.resources.subscribe)
 
     async def _fetch(
-        self, session: ClientSession, request_type: Any, key: str, id_field: str, timeout: float, optional: bool = False
+        self, session: ClientSession, request_type: Any, key: str, id_field: str, timeout: float, essential: bool = False
     ) -> list[dict[str, Any]]:
-        """Every page of one listing; with ``optional``, a server that does not know the method lists nothing."""
+        """Every page of one listing; unless ``essential``, the server's own error means an empty list."""
         items: list[dict[str, Any]] = []
         cursor: str | None = None
         try:
@@ -364,9 +361,11 @@ class Upstream:
                     if not isinstance(cursor, str) or not cursor:
                         break
         except MCPError as e:
-            if optional and e.code == METHOD_NOT_FOUND:
-                return []
-            raise
+            if essential or e.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
+                raise
+            if e.code != METHOD_NOT_FOUND:
+                log.warning("mcp %s: listing its %s failed: %s (showing none)", self.name, key, e.message)
+            return []
         return items
 
     async def _resubscribe(self, session: ClientSession) -> None:
