@@ -19,6 +19,7 @@ import pytest
 from mcp.shared.exceptions import MCPError
 
 from ccproxyd.mcpproxy.aggregate import ServerTools, build_catalog, uri_prefix
+from ccproxyd.mcpproxy.upstreams import Upstream
 from tests.conftest import ACCESS_KEY
 from tests.mcp_servers.harness import (
     INITIALIZE,
@@ -172,6 +173,30 @@ async def test_subscriptions_are_shared_upstream_and_kept_per_client(base: str) 
         with pytest.raises(MCPError) as e:
             await first.unsubscribe_resource(uri)
         assert e.value.code == -32602 and "not subscribed" in e.value.message
+
+
+@OLD_SUBSCRIBE
+async def test_subscriptions_are_made_again_after_a_reconnect(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Upstream, "backoff_min", 0.05)
+    monkeypatch.setattr(Upstream, "backoff_max", 0.5)
+    server = HttpMcpServer(legacy_sse=True, features="wiki")  # its broken stream is noticed at once
+    server.start()
+    try:
+        proxy, url = await serve_proxy(aiohttp_server, {"wiki": {"url": server.url}})
+        notes: asyncio.Queue[Any] = asyncio.Queue()
+        async with connect(url, "mcp", notifications=notes) as client:
+            uri = "note://wiki/readme"
+            await client.subscribe_resource(uri)
+            upstream = proxy.upstreams["wiki"]
+            server.stop()  # the restarted process knows nothing of the subscription
+            await eventually(lambda: upstream.state != "up", "the server is noticed gone")
+            await asyncio.to_thread(server.start)
+            await eventually(lambda: upstream.state == "up", "the server is connected again")
+            result = await client.call_tool("touch", {"uri": uri})
+            assert result.content[0].text == f"notified {uri}"  # type: ignore[union-attr]
+            assert (await next_notification(notes, types.ResourceUpdatedNotification)).params.uri == uri
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
