@@ -211,6 +211,17 @@ async def test_resource_list_changes_reach_the_client(base: str, transport: str)
         assert after - before == {f"note://wiki/{name}"}
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_prompt_list_changes_reach_the_client(base: str, transport: str) -> None:
+    notes: asyncio.Queue[Any] = asyncio.Queue()
+    async with connect(base, transport, notifications=notes) as client:
+        before = {p.name for p in (await client.list_prompts()).prompts}
+        await client.call_tool("tiny__add_prompt", {"name": f"new_{transport}"})
+        await next_notification(notes, types.PromptListChangedNotification)
+        after = {p.name for p in (await client.list_prompts()).prompts}
+        assert after - before == {f"new_{transport}"}
+
+
 # ---------------------------------------------------------------- progress and cancellation
 
 

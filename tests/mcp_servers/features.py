@@ -12,7 +12,8 @@ its own: ``note://LABEL/readme``, ``file:///LABEL/{path}`` and ``LABEL_help``.
 - ``touch(uri)`` sends ``notifications/resources/updated`` for ``uri`` if a
   client subscribed to it (``resources/subscribe``), and says which it did.
 - ``add_note(name)`` adds the resource ``note://LABEL/NAME`` and announces
-  ``notifications/resources/list_changed``.
+  ``notifications/resources/list_changed``; ``add_prompt(name)`` adds a
+  prompt and announces ``notifications/prompts/list_changed``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import anyio
 import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.prompts.base import Prompt
 from mcp.server.mcpserver.resources.types import FunctionResource
 
 
@@ -84,6 +86,13 @@ def add_features(server: MCPServer, label: str) -> None:
         server.add_resource(FunctionResource.from_function(lambda: f"note {name}", uri=uri, name=name))
         await ctx.session.send_resource_list_changed()
         return f"added {uri}"
+
+    @server.tool()
+    async def add_prompt(name: str, ctx: Context) -> str:
+        """Adds a prompt and announces notifications/prompts/list_changed."""
+        server.add_prompt(Prompt.from_function(lambda: f"prompt {name}", name=name))
+        await ctx.session.send_prompt_list_changed()
+        return f"added {name}"
 
     async def subscribe(ctx: object, params: types.SubscribeRequestParams) -> types.EmptyResult:
         subscribed.add(str(params.uri))
