@@ -10,6 +10,7 @@ the feature tools), and each has resources, a template and a prompt of its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -263,6 +264,15 @@ async def test_the_tool_timeout_cancels_upstream(aiohttp_server: Any, docs: Http
             await client.call_tool("hang", {"marker": str(marker)})
         assert e.value.code == -32001 and "timed out" in e.value.message
         await eventually(lambda: marker.exists() and marker.read_text() == "cancelled", "the server saw the cancellation")
+
+
+async def test_a_server_failing_its_prompt_listing_keeps_its_tools(aiohttp_server: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "ccproxyd.mcp")
+    _, url = await serve_proxy(aiohttp_server, {"tiny": tiny_server("--broken-prompts")})
+    async with connect(url, "mcp") as client:
+        assert "whoami" in await tool_names(client)
+        assert (await client.list_prompts()).prompts == []
+    assert "mcp tiny: listing its prompts failed: prompts are broken here" in caplog.text
 
 
 # ---------------------------------------------------------------- endpoints
