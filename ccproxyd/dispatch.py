@@ -47,6 +47,7 @@ from .routing import Attempt, AttemptPlan, Router, bind_model, is_retryable, res
 from .shaping import finish_call, shape_request, use_compat
 from .state import LocalState
 from .streams import FrameTooLarge
+from .toolnames import fit_request
 from .upstream import UpstreamClient, limit_headers, parse_retry_after
 from .usage import ESTIMATED_HEADERS, fill_missing_usage
 
@@ -261,9 +262,11 @@ class Dispatcher:
         default_max = config.server.default_max_tokens if outbound.requires_max_tokens else None
         shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias, default_max)
         outbound.check_request(shaped)
-        tools = shaped.tools
+        tools, names = shaped.tools, None
         if compat:  # also without tools: earlier tool calls in the history must become text
             shaped = prepare_request(shaped, plan.group.prompt_position)
+        else:
+            shaped, names = fit_request(shaped, outbound.tool_names, outbound.rename_tools_in_extras)  # refused names → safe ones
         if outbound.inline_images_only:
             shaped = await inline_images(shaped, self.upstream, config.server)
         target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)
@@ -300,6 +303,8 @@ class Dispatcher:
                 raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
         if compat and tools:
             events = parse_stream(events, tools)
+        elif names is not None:
+            events = names.restore(events)
         return _guard(events, config)
 
     async def _first_events(self, events: AsyncIterator[ir.Event], record: RequestRecord) -> list[ir.Event]:
@@ -433,7 +438,9 @@ class Dispatcher:
         for attempt in itertools.islice(plan.attempts, 1):
             outbound = ADAPTERS[attempt.provider.protocol]
             target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)
-            call = outbound.encode_count_tokens_request(shape_request(client_req, plan.group, attempt.provider, plan.alias), target)
+            shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias)
+            shaped, _ = fit_request(shaped, outbound.tool_names, outbound.rename_tools_in_extras)
+            call = outbound.encode_count_tokens_request(shaped, target)
             if call is None:
                 break
             finish_call(call, attempt.provider, request.headers, record.request_id)

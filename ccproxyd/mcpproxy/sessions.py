@@ -21,20 +21,20 @@ IDLE_TIMEOUT = 3600.0  # an HTTP session with no stream and no request for this 
 MAX_SESSIONS = 1000
 OUTBOX_SIZE = 1024
 
-NOT_LISTED = ""  # Session.listed_version before the first tools/list, and after a list_changed was sent
-
-
 @dataclass(eq=False)
 class Session:
     id: str
     key: str | None  # name of the access key that created it
     transport: str  # sse | http
+    server: str | None = None  # opened on /mcp/{server} or /sse/{server}: that server alone
     protocol_version: str | None = None
     stream_open: bool = False
     closed: bool = False
-    listing: bool = False  # a tools/list of this session is refreshing the catalog
-    listed_version: str = NOT_LISTED  # catalog version of its last tools/list
-    snapshot: list[dict[str, Any]] = field(default_factory=list)  # that listing, for its cursors
+    listing: set[str] = field(default_factory=set)  # tools | resources | prompts: being listed, refreshing the catalog
+    # tools | resources | prompts → catalog version of its last listing; absent before it and after a list_changed
+    listed: dict[str, str] = field(default_factory=dict)
+    snapshots: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # those listings, for their cursors
+    subscriptions: dict[str, tuple[str, str]] = field(default_factory=dict)  # client URI → (server, upstream URI)
     last_seen: float = field(default_factory=time.monotonic)
     outbox: asyncio.Queue[dict[str, Any] | None] = field(default_factory=lambda: asyncio.Queue(OUTBOX_SIZE))
     in_flight: dict[Any, asyncio.Task[Any]] = field(default_factory=dict)
@@ -79,9 +79,9 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def create(self, key: str | None, transport: str) -> Session:
+    def create(self, key: str | None, transport: str, server: str | None = None) -> Session:
         self._sweep()
-        session = Session(secrets.token_urlsafe(24), key, transport)
+        session = Session(secrets.token_urlsafe(24), key, transport, server)
         self._by_id[session.id] = session
         return session
 

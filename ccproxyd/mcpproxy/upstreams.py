@@ -3,7 +3,9 @@
 One :class:`Upstream` per ``[mcp.servers.NAME]``. A background task owns the
 connection (the SDK's transports and ``ClientSession`` are anyio context
 managers that must be entered and left by the same task): it connects,
-runs the initialize handshake, lists the tools, then waits until the
+runs the initialize handshake, lists the tools, resources, resource
+templates and prompts (subscribing again to what clients subscribed to),
+then waits until the
 connection is lost or the upstream is closed, and reconnects with
 exponential backoff. Requests from client sessions run in their own tasks
 and only borrow the live ``ClientSession``.
@@ -24,7 +26,8 @@ from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+from mcp.shared.dispatcher import ProgressFnT
+from mcp_types import CONNECTION_CLOSED, METHOD_NOT_FOUND, REQUEST_TIMEOUT
 from pydantic import TypeAdapter, ValidationError
 
 from .. import __version__
@@ -33,14 +36,28 @@ from .stdio import stdio_transport
 
 log = logging.getLogger("ccproxyd.mcp")
 
-CONNECT_TIMEOUT = 30.0  # initialize handshake and the first tools/list
-LIST_TIMEOUT = 15.0  # a tools/list refresh
+CONNECT_TIMEOUT = 30.0  # initialize handshake and the first listings
+LIST_TIMEOUT = 15.0  # a listing refresh
 CLOSE_TIMEOUT = 10.0  # a graceful close before the connection task is cancelled
 STREAM_READ_TIMEOUT = 3600.0  # idle SSE streams (legacy transport, Streamable HTTP GET)
-MAX_PAGES = 100  # of one upstream's tools/list
+MAX_PAGES = 100  # of one upstream's listing
 
 CLIENT_INFO = types.Implementation(name="ccproxyd", version=__version__)
 RAW_RESULT: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+# the client requests passed on to the one server that owns the tool, resource or prompt
+FORWARDED: dict[str, tuple[Any, Any]] = {
+    "tools/call": (types.CallToolRequest, types.CallToolRequestParams),
+    "resources/read": (types.ReadResourceRequest, types.ReadResourceRequestParams),
+    "resources/subscribe": (types.SubscribeRequest, types.SubscribeRequestParams),
+    "resources/unsubscribe": (types.UnsubscribeRequest, types.UnsubscribeRequestParams),
+    "prompts/get": (types.GetPromptRequest, types.GetPromptRequestParams),
+}
+_LIST_CHANGED = (
+    types.ToolListChangedNotification,
+    types.ResourceListChangedNotification,
+    types.PromptListChangedNotification,
+)
+Notice = Callable[["Upstream", str, dict[str, Any]], None]  # a server notification for the client sessions
 
 
 class UpstreamUnavailable(Exception):
@@ -49,6 +66,10 @@ class UpstreamUnavailable(Exception):
 
 class UpstreamTimeout(Exception):
     pass
+
+
+class InvalidParams(Exception):
+    """The client's params do not have the shape the method's schema asks for."""
 
 
 def describe(error: BaseException) -> str:
@@ -71,14 +92,23 @@ class Upstream:
     backoff_max = 30.0
     health_interval = 30.0  # an HTTP server is pinged this often, so its loss is noticed without a client
 
-    def __init__(self, config: McpServer, on_change: Callable[[Upstream], None]) -> None:
+    def __init__(
+        self, config: McpServer, on_change: Callable[[Upstream], None], on_notice: Notice | None = None
+    ) -> None:
         self.config = config
         self.name = config.name
         self.state = "idle"  # idle | connecting | up | down | closed
         self.error: str | None = None
         self.tools: list[dict[str, Any]] | None = None  # last listing, kept while down (None: never listed)
+        # the other listings, kept the same way ([] for a server without the capability)
+        self.resources: list[dict[str, Any]] = []
+        self.templates: list[dict[str, Any]] = []
+        self.prompts: list[dict[str, Any]] = []
+        self.can_subscribe = False
+        self.subscribed: set[str] = set()  # upstream URIs subscribed to, again after a reconnect
         self.pid: int | None = None
         self._on_change = on_change
+        self._on_notice = on_notice
         self._session: ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -105,48 +135,60 @@ class Upstream:
         with suppress(TimeoutError):
             await asyncio.wait_for(self._attempted.wait(), timeout)
 
-    async def refresh_tools(self) -> None:
-        """List the tools again; a failure that means the server is gone marks it down."""
+    async def refresh_lists(self) -> None:
+        """List tools, resources, templates and prompts again; a failure that means the server is gone marks it down."""
         session = self._session
         if session is None or not self.up:
             return
         try:
-            self.tools = await self._fetch_tools(session, LIST_TIMEOUT)
+            await self._fetch_lists(session, LIST_TIMEOUT)
         except MCPError as e:
             if e.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
-                self._lose(f"tools/list failed: {e.message}")
+                self._lose(f"listing failed: {e.message}")
             else:
-                log.warning("mcp %s: tools/list failed: %s (keeping the previous list)", self.name, e.message)
+                log.warning("mcp %s: listing failed: %s (keeping the previous lists)", self.name, e.message)
         except Exception as e:
-            self._lose(f"tools/list failed: {describe(e)}")
+            self._lose(f"listing failed: {describe(e)}")
 
-    async def call_tool(self, name: str, arguments: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
-        """The upstream's ``tools/call`` result as it sent it.
+    async def request(
+        self, method: str, params: dict[str, Any], timeout: float, on_progress: ProgressFnT | None = None
+    ) -> dict[str, Any]:
+        """The upstream's result of one forwarded request (``FORWARDED``), as it sent it.
 
-        Raises UpstreamUnavailable, UpstreamTimeout, or MCPError (the
-        upstream's own JSON-RPC error).
+        Cancelling the caller, and the timeout, cancel the request upstream
+        too (the SDK sends ``notifications/cancelled``). Raises
+        InvalidParams, UpstreamUnavailable, UpstreamTimeout, MCPError (the
+        upstream's own JSON-RPC error) or ValidationError (a result of the wrong shape).
         """
         session = self._session
         if session is None or not self.up:
             raise UpstreamUnavailable(self.error or "not connected")
-        request = types.CallToolRequest(params=types.CallToolRequestParams(name=name, arguments=arguments))
+        request_type, params_type = FORWARDED[method]
+        try:
+            request = request_type(params=params_type.model_validate(params))
+        except ValidationError as e:
+            problem = e.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"])
+            raise InvalidParams(f"{where}: {problem['msg']}" if where else problem["msg"]) from None
         try:
             # the SDK times the request out itself; the outer bound also covers a write that never completes
             async with asyncio.timeout(timeout + 5):
-                return await session.send_request(request, RAW_RESULT, request_read_timeout_seconds=timeout)
+                return await session.send_request(
+                    request, RAW_RESULT, request_read_timeout_seconds=timeout, progress_callback=on_progress
+                )
         except TimeoutError:
             raise UpstreamTimeout() from None
         except MCPError as e:
             if e.code == REQUEST_TIMEOUT:
                 raise UpstreamTimeout() from None
             if e.code == CONNECTION_CLOSED:
-                self._lose("connection closed during tools/call")
+                self._lose(f"connection closed during {method}")
                 raise UpstreamUnavailable(self.error or "connection closed") from None
             raise
         except ValidationError:
             raise  # an invalid result, not a lost connection
         except Exception as e:
-            self._lose(f"tools/call failed: {describe(e)}")
+            self._lose(f"{method} failed: {describe(e)}")
             raise UpstreamUnavailable(self.error or describe(e)) from None
 
     async def close(self) -> None:
@@ -250,7 +292,8 @@ class Upstream:
             )
             await stack.enter_async_context(session)
             await session.initialize()
-            self.tools = await self._fetch_tools(session, CONNECT_TIMEOUT)
+            await self._fetch_lists(session, CONNECT_TIMEOUT)
+            await self._resubscribe(session)
             yield session
 
     @asynccontextmanager
@@ -278,38 +321,76 @@ class Upstream:
                 async with streamable_http_client(config.url, http_client=http) as streams:
                     yield streams
 
-    async def _fetch_tools(self, session: ClientSession, timeout: float) -> list[dict[str, Any]]:
-        capabilities = session.server_capabilities
-        if capabilities is not None and capabilities.tools is None:
-            return []
-        tools: list[dict[str, Any]] = []
+    async def _fetch_lists(self, session: ClientSession, timeout: float) -> None:
+        """Every listing the server's capabilities offer; a server without one has an empty list.
+
+        A server that announced no capabilities at all is asked anyway. Only
+        the tools are essential: a server whose resource or prompt listing
+        fails with an error of its own is kept, with that list empty.
+        """
+        caps = session.server_capabilities
+        unknown = caps is None
+        tools, resources, templates, prompts = [], [], [], []
+        if unknown or caps.tools is not None:  # type: ignore[union-attr]
+            tools = await self._fetch(session, types.ListToolsRequest, "tools", "name", timeout, essential=True)
+        if unknown or caps.resources is not None:  # type: ignore[union-attr]
+            resources = await self._fetch(session, types.ListResourcesRequest, "resources", "uri", timeout)
+            templates = await self._fetch(session, types.ListResourceTemplatesRequest, "resourceTemplates", "uriTemplate", timeout)
+        if unknown or caps.prompts is not None:  # type: ignore[union-attr]
+            prompts = await self._fetch(session, types.ListPromptsRequest, "prompts", "name", timeout)
+        self.tools, self.resources, self.templates, self.prompts = tools, resources, templates, prompts
+        self.can_subscribe = bool(caps and caps.resources and caps.resources.subscribe)
+
+    async def _fetch(
+        self, session: ClientSession, request_type: Any, key: str, id_field: str, timeout: float, essential: bool = False
+    ) -> list[dict[str, Any]]:
+        """Every page of one listing; unless ``essential``, the server's own error means an empty list."""
+        items: list[dict[str, Any]] = []
         cursor: str | None = None
-        async with asyncio.timeout(timeout * 2 + 5):
-            for _ in range(MAX_PAGES):
-                params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
-                page = await session.send_request(
-                    types.ListToolsRequest(params=params), RAW_RESULT, request_read_timeout_seconds=timeout
-                )
-                for tool in page.get("tools") or ():
-                    if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                        tools.append(tool)
-                cursor = page.get("nextCursor")
-                if not isinstance(cursor, str) or not cursor:
-                    break
-        return tools
+        try:
+            async with asyncio.timeout(timeout * 2 + 5):
+                for _ in range(MAX_PAGES):
+                    params = types.PaginatedRequestParams(cursor=cursor) if cursor else None
+                    page = await session.send_request(
+                        request_type(params=params), RAW_RESULT, request_read_timeout_seconds=timeout
+                    )
+                    for item in page.get(key) or ():
+                        if isinstance(item, dict) and isinstance(item.get(id_field), str):
+                            items.append(item)
+                    cursor = page.get("nextCursor")
+                    if not isinstance(cursor, str) or not cursor:
+                        break
+        except MCPError as e:
+            if essential or e.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
+                raise
+            if e.code != METHOD_NOT_FOUND:
+                log.warning("mcp %s: listing its %s failed: %s (showing none)", self.name, key, e.message)
+            return []
+        return items
+
+    async def _resubscribe(self, session: ClientSession) -> None:
+        """A new connection knows nothing of the subscriptions of the last one."""
+        for uri in sorted(self.subscribed):
+            request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+            try:
+                await session.send_request(request, RAW_RESULT, request_read_timeout_seconds=LIST_TIMEOUT)
+            except MCPError as e:
+                log.warning("mcp %s: subscribing to %s again failed: %s", self.name, uri, e.message)
 
     async def _on_message(self, message: Any) -> None:
         """Server notifications and transport faults, as the SDK hands them over."""
         if isinstance(message, Exception):
             log.debug("mcp %s: transport reported %s", self.name, describe(message))
-        elif isinstance(message, types.ToolListChangedNotification):
+        elif isinstance(message, _LIST_CHANGED):
             # not inline: a request from here would stall the session's receive loop
             task = asyncio.create_task(self._refresh_after_change())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        elif isinstance(message, types.ResourceUpdatedNotification) and self._on_notice is not None:
+            self._on_notice(self, message.method, message.params.model_dump(by_alias=True, mode="json", exclude_none=True))
 
     async def _refresh_after_change(self) -> None:
-        await self.refresh_tools()
+        await self.refresh_lists()
         self._on_change(self)
 
     def _lose(self, reason: str) -> None:

@@ -18,6 +18,7 @@ from ..config import Provider
 from ..errors import ClientError, NotFound, ProxyError, UpstreamError
 from ..ir_embed import EmbedRequest, EmbedResponse
 from ..paths import Route
+from ..toolnames import ToolNameRule
 
 
 @dataclass(slots=True)
@@ -91,6 +92,8 @@ class Adapter(ABC):
     # Upstreams with an embeddings API, and the most inputs one call of it takes (None: no limit).
     can_embed: ClassVar[bool] = False
     embed_batch_limit: ClassVar[int | None] = None
+    # What the upstream accepts as a tool name (None: anything); others are renamed by toolnames.py.
+    tool_names: ClassVar[ToolNameRule | None] = None
 
     # ------------------------------------------------------------ inbound (client side)
 
@@ -179,6 +182,10 @@ class Adapter(ABC):
         choice = req.tool_choice
         if choice and choice.mode == "tool" and choice.name not in {t.name for t in req.tools}:
             raise ClientError(f"tool_choice forces the tool {choice.name!r}, which this upstream ({self.name}) does not have", param="tool_choice")
+
+    def rename_tools_in_extras(self, extras: dict[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
+        """``extras[self.name]`` with the tool names it keys by renamed (original → safe), when tools were renamed."""
+        return extras
 
     def encode_count_tokens_request(self, req: ir.Request, target: UpstreamTarget) -> UpstreamCall | None:
         """An upstream token-count call, or None when the protocol has none."""

@@ -16,6 +16,7 @@ from ..paths import Route
 from ..streams import iter_sse, sse_frame
 from . import carry, openai_completions, openai_embed
 from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget, bearer_headers
+from ..toolnames import ToolNameRule
 from .fields import check, integer, number, opt, req, split_data_url, string_list
 
 FINISH_FROM_OPENAI: dict[str, ir.FinishReason] = {
@@ -466,6 +467,8 @@ class OpenAIAdapter(Adapter):
     name = "openai"
     can_embed = True
     embed_batch_limit = openai_embed.BATCH_LIMIT
+    # function names: a-z, A-Z, 0-9, underscores and dashes, at most 64 (OpenAI API reference)
+    tool_names = ToolNameRule("A-Za-z0-9_-", 64)
 
     # ------------------------------------------------------------ inbound
 

@@ -11,7 +11,7 @@ import sys
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import aiohttp
 import httpx2
@@ -36,15 +36,17 @@ TIME_SERVER = {"command": [sys.executable, "-m", "mcp_server_time"], "env": {"TZ
 
 
 def tiny_server(*args: str) -> dict[str, Any]:
+    """The stdio test server's config entry (``--features LABEL`` for features.py's additions)."""
     return {"command": [sys.executable, str(HERE / "stdio_server.py"), *args]}
 
 
 class HttpMcpServer:
     """``http_server.py`` as a process that can be stopped and started again on the same port."""
 
-    def __init__(self, legacy_sse: bool = False) -> None:
+    def __init__(self, legacy_sse: bool = False, features: str | None = None) -> None:
         self.port = 0
         self.legacy_sse = legacy_sse
+        self.features = features
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,6 +55,7 @@ class HttpMcpServer:
 
     def start(self) -> None:
         flags = ["--sse"] if self.legacy_sse else []
+        flags += ["--features", self.features] if self.features else []
         proc = subprocess.Popen(
             [sys.executable, str(HERE / "http_server.py"), "--port", str(self.port), *flags], stdout=subprocess.PIPE
         )
@@ -65,6 +68,14 @@ class HttpMcpServer:
             raise RuntimeError(f"the test MCP server did not start (said {line!r})")
         self.port = int(line.split()[1])
         self.proc = proc
+
+    def running(self) -> Iterator[HttpMcpServer]:
+        """Started for the duration of a generator fixture."""
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -113,21 +124,32 @@ async def serve_proxy(aiohttp_server: Any, servers: dict[str, dict[str, Any]], *
 
 @asynccontextmanager
 async def connect(
-    base: str, transport: str, token: str | None = None, list_changed: asyncio.Event | None = None, query: str = ""
+    base: str,
+    transport: str,
+    token: str | None = None,
+    list_changed: asyncio.Event | None = None,
+    query: str = "",
+    path: str = "",
+    notifications: asyncio.Queue[Any] | None = None,
 ) -> AsyncIterator[Client]:
-    """An SDK ``Client`` on ``/mcp`` (Streamable HTTP) or ``/sse`` (legacy HTTP+SSE)."""
+    """An SDK ``Client`` on ``/mcp`` (Streamable HTTP) or ``/sse`` (legacy HTTP+SSE), ``path`` appended.
+
+    Server notifications other than progress go to ``notifications`` when given.
+    """
     headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def on_message(message: Any) -> None:
         if list_changed is not None and isinstance(message, types.ToolListChangedNotification):
             list_changed.set()
+        if notifications is not None and not isinstance(message, Exception):
+            notifications.put_nowait(message)
 
     async with AsyncExitStack() as stack:
         if transport == "mcp":
             http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, timeout=WAIT))
-            streams = streamable_http_client(f"{base}/mcp{query}", http_client=http)
+            streams = streamable_http_client(f"{base}/mcp{path}{query}", http_client=http)
         else:
-            streams = sse_client(f"{base}/sse{query}", headers=headers, timeout=WAIT)
+            streams = sse_client(f"{base}/sse{path}{query}", headers=headers, timeout=WAIT)
         client = Client(streams, message_handler=on_message, cache=None, read_timeout_seconds=WAIT)
         yield await stack.enter_async_context(client)
 

@@ -1,7 +1,8 @@
 """A small Streamable-HTTP MCP server for the tests, built on the official ``mcp`` SDK.
 
-Usage: ``python http_server.py [--port N] [--sse]``: Streamable HTTP on
-``/mcp``, or with ``--sse`` the legacy HTTP+SSE transport on ``/sse``. It binds
+Usage: ``python http_server.py [--port N] [--sse] [--features LABEL]``:
+Streamable HTTP on ``/mcp``, or with ``--sse`` the legacy HTTP+SSE transport
+on ``/sse``; with ``--features`` also what features.py adds. It binds
 127.0.0.1 (port 0: any free one), starts listening, then prints
 ``PORT <n>`` on stdout, so a test knows it is ready without polling.
 """
@@ -17,13 +18,17 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from pydantic import BaseModel
 
+from features import add_features  # the script's own directory is on sys.path
+
 
 class Sum(BaseModel):
     total: int
 
 
-def build() -> MCPServer:
+def build(features: str | None = None) -> MCPServer:
     server = MCPServer("docs", log_level="CRITICAL")  # the failing tool would log a traceback
+    if features:
+        add_features(server, features)
 
     @server.tool()
     def echo(text: str) -> str:
@@ -65,15 +70,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--sse", action="store_true")
+    parser.add_argument("--features", help="also offer features.py's resources, prompts and tools under this label")
     args = parser.parse_args()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", args.port))
     sock.listen(64)
-    app = build().sse_app() if args.sse else build().streamable_http_app()
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = build(args.features)
+    app = server.sse_app() if args.sse else server.streamable_http_app()
+    runner = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     print(f"PORT {sock.getsockname()[1]}", flush=True)
-    server.run(sockets=[sock])
+    runner.run(sockets=[sock])
     sys.exit(0)
 
 

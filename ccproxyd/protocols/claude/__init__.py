@@ -16,13 +16,17 @@ from ... import ir
 from ...errors import ProxyError, UpstreamError
 from ...paths import Route
 from ..base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
+from ...toolnames import ToolNameRule
 from . import inbound, outbound, response, stream
 from .stream import ClaudeStreamDecoder, ClaudeStreamEncoder
+from .wire import TOOL_FIELDS_KEY
 
 
 class ClaudeAdapter(Adapter):
     name = "claude"
     requires_max_tokens = True
+    # ^[a-zA-Z0-9_-]{1,64}$ (Anthropic tool-use docs; no dots, unlike MCP names)
+    tool_names = ToolNameRule("A-Za-z0-9_-", 64)
 
     # ------------------------------------------------------------ inbound
 
@@ -60,6 +64,13 @@ class ClaudeAdapter(Adapter):
 
     def encode_count_tokens_request(self, req: ir.Request, target: UpstreamTarget) -> UpstreamCall | None:
         return outbound.encode_count_tokens_request(req, target)
+
+    def rename_tools_in_extras(self, extras: dict[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
+        fields = extras.get(self.name, {}).get(TOOL_FIELDS_KEY)
+        if not fields:
+            return extras
+        same = {**extras[self.name], TOOL_FIELDS_KEY: {renamed.get(name, name): f for name, f in fields.items()}}
+        return {**extras, self.name: same}
 
     def decode_count_tokens(self, body: bytes) -> int:
         return response.decode_count_tokens(body)

@@ -16,6 +16,7 @@ from ...errors import ClientError, ProxyError, UpstreamError
 from ...ir_embed import EmbedRequest, EmbedResponse
 from ...paths import Route
 from ..base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget
+from ...toolnames import ToolNameRule
 from . import embed, request, response
 from .stream import GeminiStreamEncoder
 from .wire import error_body, error_status
@@ -37,6 +38,8 @@ def _include_thoughts(req: ir.Request) -> bool:
 
 class GeminiAdapter(Adapter):
     name = "gemini"
+    # FunctionDeclaration.name: starts with a letter or underscore; a-z, A-Z, 0-9, _ . : -; at most 64
+    tool_names = ToolNameRule("A-Za-z0-9_.:-", 64, first="A-Za-z_")
     inline_images_only = True
     can_embed = True
     embed_batch_limit = embed.BATCH_LIMIT

@@ -24,6 +24,7 @@ from .stream import ResponsesStreamDecoder, ResponsesStreamEncoder
 
 class ResponsesAdapter(Adapter):
     name = wire.NAME
+    tool_names = OPENAI.tool_names  # function names follow the Chat Completions rule
 
     # ------------------------------------------------------------ inbound
 
@@ -38,6 +39,13 @@ class ResponsesAdapter(Adapter):
 
     def encode_error(self, err: ProxyError) -> tuple[int, dict[str, Any]]:
         return response.encode_error(err)
+
+    def rename_tools_in_extras(self, extras: dict[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
+        """The strict flags the client set stay with a renamed function (the only names a Responses upstream reads here)."""
+        same = extras.get(self.name) or {}
+        if not same.get(wire.STRICT):
+            return extras
+        return {**extras, self.name: {**same, wire.STRICT: sorted(renamed.get(n, n) for n in same[wire.STRICT])}}
 
     def encode_model_list(self, models: list[ModelInfo], route: Route) -> dict[str, Any]:
         return OPENAI.encode_model_list(models, route)
