@@ -219,3 +219,42 @@ async def test_fit_request_renames_everywhere_and_restores_events() -> None:
     assert back == [DOTTED, "unknown"]
     assert fit_request(req, None) == (req, None)
     assert fit_request(ir.Request("m", [], tools=[ir.Tool(VALID)]), CLAUDE)[1] is None
+
+
+# ---------------------------------------------------------------- Codex-style namespace tools
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("upstream_protocol", ["claude", "gemini"])
+async def test_responses_namespace_tools_fit_the_upstream_and_come_back_as_namespace_calls(
+    start_upstream: Any, start_proxy: Any, upstream_protocol: str, stream: bool
+) -> None:
+    """A namespace's functions become ``{namespace}__{name}`` upstream: with a dotted namespace and a long
+    name that flat name breaks Claude's and Gemini's rules, and must still come back as the client's call."""
+    import openai
+
+    from tests.conftest import ACCESS_KEY
+
+    namespace, name = "mcp__my.docs-server", "search_documents_by_semantic_similarity_and_rank_them"
+    upstream = await start_upstream(upstream_protocol)
+
+    def next_reply() -> Reply:
+        declared = _declared(upstream.emulator.last.body)
+        return Reply(text="", tool_calls=[ToolCallScript(declared["namespaced"], {"q": "ccproxyd"})])
+
+    upstream.emulator.next_reply = next_reply
+    proxy = await start_proxy(proxy_config([upstream]))
+    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=ACCESS_KEY, max_retries=0)
+    tools = [{"type": "namespace", "name": namespace, "description": "docs",
+              "tools": [{"type": "function", "name": name, "description": "namespaced", "parameters": SCHEMA}]}]
+    request = {"model": f"m-{upstream_protocol}", "input": "find it", "tools": tools, "store": False}
+    if stream:
+        async with client.responses.stream(**request) as events:
+            answer = await events.get_final_response()
+    else:
+        answer = await client.responses.create(**request)
+    await client.close()
+    sent = _declared(upstream.emulator.last.body)["namespaced"]
+    assert RULES[upstream_protocol].match(sent) and sent != f"{namespace}__{name}"
+    call = next(item for item in answer.output if item.type == "function_call")
+    assert call.name == name and getattr(call, "namespace", None) == namespace, call
