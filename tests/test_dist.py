@@ -51,12 +51,15 @@ def run_binary(binary: Path, tmp_path: Path) -> Iterator[Any]:
     """Start ``<binary> --config`` on a free port; SIGKILLed at teardown if a test left it running."""
     procs: list[subprocess.Popen] = []
 
-    def run(config: dict[str, Any], env: dict[str, str] | None = None) -> Running:
+    def run(config: dict[str, Any], env: dict[str, str] | None = None, as_systemd_does: bool = False) -> Running:
         port = free_port()
         config = {**config, "server": {**config.get("server", {}), "listen": f"127.0.0.1:{port}"}}
         path = tmp_path / f"ccproxy-{port}.toml"
         path.write_text(tomli_w.dumps(config))
-        proc = subprocess.Popen([str(binary), "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command = [str(binary), "--config", str(path)]
+        if as_systemd_does:  # WATCHDOG_PID names the process started: the one-file launcher
+            command = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$0" "$@"', *command]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env={**os.environ, **(env or {})}, cwd=tmp_path)
         procs.append(proc)
         wait_for_port(port, proc, timeout=30)
@@ -157,8 +160,8 @@ async def test_serves_reloads_on_sighup_and_drains_on_sigterm(start_upstream, ru
     old, new = await start_upstream("openai"), await start_upstream("openai")
     notify = notify_listener()
     try:
-        # systemd starts the launcher, so WATCHDOG_PID names it: the program it runs must ping all the same
-        daemon = run_binary(service_config({"openai": old}, tmp_path), env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000"})
+        daemon = run_binary(service_config({"openai": old}, tmp_path), env={"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000"},
+                            as_systemd_does=True)
         ready = await notify.next_with("READY")
         assert f"127.0.0.1:{daemon.port}" in ready["STATUS"]
         assert (await notify.next_with("WATCHDOG"))["WATCHDOG"] == "1"
@@ -166,6 +169,7 @@ async def test_serves_reloads_on_sighup_and_drains_on_sigterm(start_upstream, ru
             status = await health(http, daemon.url)
             assert status["status"] == "ok" and status["ready"] is True
             program = status["pid"]
+            assert program != daemon.proc.pid, "ccproxyd runs as the launcher's child, and pings the watchdog all the same"
             maps = Path(f"/proc/{program}/maps").read_text()
             assert "uvloop" in maps and "orjson" in maps, "uvloop and orjson are loaded in the serving process"
             assert await answer(http, daemon.url)
