@@ -211,6 +211,19 @@ async def test_two_workers_are_started_from_the_same_file_and_both_serve(start_u
             for _ in range(4):
                 assert await answer(http, daemon.url)
 
+            os.kill(pids[0], signal.SIGKILL)  # its replacement starts from the same unpacked bundle
+            for _ in range(200):
+                try:
+                    status = await health(http, daemon.url)
+                except aiohttp.ClientError:  # a connection queued on the killed worker is reset
+                    continue
+                if status["workers"]["ready"] == 2 and pids[0] not in status["workers"]["pids"] and None not in status["workers"]["pids"]:
+                    break
+                await asyncio.sleep(0.05)  # poll interval while the supervisor restarts the worker
+            else:
+                pytest.fail(f"the killed worker was not replaced: {status}")
+            pids = status["workers"]["pids"]
+
             config = service_config([upstream], tmp_path, workers=2)
             config["groups"]["default"]["models"]["m-added"] = ["openai/added-model"]
             rewrite(daemon, config)
