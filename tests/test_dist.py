@@ -24,7 +24,8 @@ import tomli_w
 from ccproxyd import __version__
 from tests.conftest import ACCESS_KEY, free_port, wait_for_port
 from tests.mcp_servers.harness import TIME_SERVER, connect, running, tool_names
-from tests.test_service import AUTH, NotifyListener, answer, rewrite, service_config, serving_pids, wait_exit
+from tests.test_security import self_signed_upstream
+from tests.test_service import AUTH, NotifyListener, answer, chat, rewrite, service_config, serving_pids, wait_exit
 
 REPO = Path(__file__).resolve().parent.parent
 NAMED = os.environ.get("CCPROXYD_BINARY", "")
@@ -247,3 +248,17 @@ async def test_the_mcp_proxy_is_inside(run_binary, tmp_path: Path) -> None:
         assert not result.is_error and result.structured_content["timezone"] == "UTC"
     daemon.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(daemon.proc.wait, 30) == 0
+
+
+async def test_upstream_tls_is_verified_against_the_cas_the_machine_or_operator_names(aiohttp_server, run_binary, tmp_path: Path) -> None:
+    cert, emulator, config = await self_signed_upstream(tmp_path, aiohttp_server)
+    statuses = []
+    for env in ({}, {"SSL_CERT_FILE": str(cert)}):  # this machine's CAs do not know the certificate; the operator's file does
+        daemon = run_binary(config, env=env)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(daemon.url + "/v1/chat/completions", json=chat("m"), headers=AUTH) as resp:
+                statuses.append((resp.status, "certificate" in (await resp.text()).lower()))
+        daemon.proc.terminate()
+        assert await wait_exit(daemon.proc) == 0
+    assert statuses == [(502, True), (200, False)]
+    assert len(emulator.received) == 1
