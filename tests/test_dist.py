@@ -49,7 +49,8 @@ class Running:
 
 @pytest.fixture
 def run_binary(binary: Path, tmp_path: Path) -> Iterator[Any]:
-    """Start ``<binary> --config`` on a free port; SIGKILLed at teardown if a test left it running."""
+    """Start ``<binary> --config`` on a free port, in a process group of its own (the launcher and ccproxyd);
+    a test that left it running has it stopped with SIGTERM, then its group SIGKILLed."""
     procs: list[subprocess.Popen] = []
 
     def run(config: dict[str, Any], env: dict[str, str] | None = None, as_systemd_does: bool = False) -> Running:
@@ -61,7 +62,7 @@ def run_binary(binary: Path, tmp_path: Path) -> Iterator[Any]:
         if as_systemd_does:  # WATCHDOG_PID names the process started: the one-file launcher
             command = ["sh", "-c", 'WATCHDOG_PID=$$ exec "$0" "$@"', *command]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ, **(env or {})}, cwd=tmp_path)
+                                text=True, env={**os.environ, **(env or {})}, cwd=tmp_path, start_new_session=True)
         procs.append(proc)
         wait_for_port(port, proc, timeout=30)
         return Running(proc, port, path)
@@ -69,8 +70,12 @@ def run_binary(binary: Path, tmp_path: Path) -> Iterator[Any]:
     yield run
     for proc in procs:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # the launcher alone would leave ccproxyd running
+                proc.wait()
         for stream in (proc.stdout, proc.stderr):
             if stream:
                 stream.close()
