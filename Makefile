@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 CONFIG ?= etc/ccproxy.toml
 STAMP  := $(VENV)/.installed
 
-.PHONY: test run check bench fuzz soak install-service clean e2e
+.PHONY: test run check bench fuzz soak install-service clean e2e dist test-dist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,12 +39,21 @@ PREFIX     ?= /opt/ccproxyd
 CONFIG_DIR ?= /etc/ccproxyd
 UNIT_DIR   ?= /etc/systemd/system
 
+# BINARY=dist/ccproxyd-... installs that one file (checked against its .sha256 when one is beside it) as
+# $(PREFIX)/bin/ccproxyd instead, with the same unit less one line: NotifyAccess=all, since the one-file
+# launcher is the main process and ccproxyd, which notifies, is its child.
 install-service:
+ifeq ($(BINARY),)
 	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
 	$(DESTDIR)$(PREFIX)/bin/pip install --quiet --upgrade pip
 	$(DESTDIR)$(PREFIX)/bin/pip install --quiet .
+else
+	if [ -e $(BINARY).sha256 ]; then cd $(dir $(BINARY)) && sha256sum --check --quiet $(notdir $(BINARY)).sha256; fi
+	install -D -m 0755 $(BINARY) $(DESTDIR)$(PREFIX)/bin/ccproxyd
+endif
 	install -d -m 0755 $(DESTDIR)$(UNIT_DIR) $(DESTDIR)$(CONFIG_DIR)
-	sed -e 's|/opt/ccproxyd|$(PREFIX)|g' -e 's|/etc/ccproxyd|$(CONFIG_DIR)|g' systemd/ccproxyd.service > $(DESTDIR)$(UNIT_DIR)/ccproxyd.service
+	sed -e 's|/opt/ccproxyd|$(PREFIX)|g' -e 's|/etc/ccproxyd|$(CONFIG_DIR)|g' $(if $(BINARY),-e 's|^NotifyAccess=main$$|NotifyAccess=all|') \
+		systemd/ccproxyd.service > $(DESTDIR)$(UNIT_DIR)/ccproxyd.service
 	chmod 0644 $(DESTDIR)$(UNIT_DIR)/ccproxyd.service
 	test -e $(DESTDIR)$(CONFIG_DIR)/ccproxy.toml || install -m 0644 etc/ccproxy.toml $(DESTDIR)$(CONFIG_DIR)/ccproxy.toml
 	test -e $(DESTDIR)$(CONFIG_DIR)/env || install -m 0600 /dev/null $(DESTDIR)$(CONFIG_DIR)/env
@@ -53,7 +62,7 @@ install-service:
 	@echo "installed; put API keys in $(CONFIG_DIR)/env, edit $(CONFIG_DIR)/ccproxy.toml, then: systemctl enable --now ccproxyd"
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache $(DIST_VENV) dist
 
 # The benchmark (docs/performance.md): direct vs ccproxyd vs a bare pass-through (vs LiteLLM with
 # LITELLM=/path/to/litellm, from a venv of its own). Uses wrk when installed. BENCH_ARGS passes options.
@@ -78,3 +87,24 @@ SOAK_CLIENTS ?= 200
 
 soak: $(STAMP)
 	CCPROXY_SOAK_SECONDS=$(SOAK_SECONDS) CCPROXY_SOAK_CLIENTS=$(SOAK_CLIENTS) $(BIN)/python -m pytest -q tests/test_soak.py $(PYTEST_ARGS)
+
+# One file to install (README "Set up"): dist/ccproxyd-VERSION-linux-ARCH, an executable holding the interpreter
+# and every dependency (PyInstaller one-file, packaging/ccproxyd.spec), and its .sha256. Built in a virtualenv
+# of its own that holds only ccproxyd's dependencies. `make test-dist` runs tests/test_dist.py against it.
+DIST_VENV := .venv-dist
+DIST_NAME := ccproxyd-$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ccproxyd/__init__.py)-linux-$(shell uname -m)
+
+$(DIST_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(DIST_VENV)
+	$(DIST_VENV)/bin/pip install --quiet --upgrade pip
+	$(DIST_VENV)/bin/pip install --quiet '.[dist]'
+	touch $@
+
+dist: $(DIST_VENV)/.installed
+	CCPROXYD_DIST_NAME=$(DIST_NAME) $(DIST_VENV)/bin/pyinstaller --noconfirm --clean --log-level WARN \
+		--distpath dist --workpath build/pyinstaller packaging/ccproxyd.spec
+	cd dist && sha256sum $(DIST_NAME) > $(DIST_NAME).sha256
+	@echo "built dist/$(DIST_NAME), $$(du -m dist/$(DIST_NAME) | cut -f1) MB"
+
+test-dist: $(STAMP)
+	CCPROXYD_BINARY=dist/$(DIST_NAME) $(BIN)/python -m pytest -q tests/test_dist.py $(PYTEST_ARGS)

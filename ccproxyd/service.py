@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import struct
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from . import frozen
 from .config import Config, ConfigError, Server, load_config, split_listen
 
 log = logging.getLogger("ccproxyd.service")
@@ -76,7 +76,7 @@ def watchdog_interval() -> float | None:
     """Seconds between watchdog pings (half the timeout, as sd_watchdog_enabled advises), or None."""
     usec = os.environ.get("WATCHDOG_USEC", "")
     pid = os.environ.get("WATCHDOG_PID", "")
-    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid not in map(str, frozen.own_pids())):
         return None
     return int(usec) / 1e6 / 2
 
@@ -277,7 +277,7 @@ class Supervisor:
         return env
 
     async def _spawn(self, worker: Worker) -> None:
-        args = [sys.executable, "-m", "ccproxyd", "--config", str(self.runtime_dir / CONFIG_FILE), "--listen", self.listen,
+        args = [*frozen.own_command(), "--config", str(self.runtime_dir / CONFIG_FILE), "--listen", self.listen,
                 "worker", "--index", str(worker.index), "--runtime-dir", str(self.runtime_dir)]
         # a session of its own: a terminal's Ctrl-C reaches the supervisor only, which then stops the workers in order
         worker.proc = await asyncio.create_subprocess_exec(*args, env=self._worker_env(), stdin=asyncio.subprocess.DEVNULL, start_new_session=True)

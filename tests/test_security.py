@@ -424,8 +424,8 @@ async def test_serves_https_directly(tmp_path, start_upstream, run_daemon):
             await session.get(f"http://127.0.0.1:{daemon.port}/healthz")  # no plain HTTP on the TLS port
 
 
-@pytest.mark.parametrize("verify", [None, False])
-async def test_upstream_tls_is_verified_unless_the_provider_opts_out(tmp_path, aiohttp_server, start_proxy, caplog, verify):
+async def self_signed_upstream(tmp_path: Path, aiohttp_server: Any) -> tuple[Path, Any, dict[str, Any]]:
+    """An OpenAI emulator behind a self-signed certificate: the certificate, the emulator, a config with alias ``m`` to it."""
     cert, key = self_signed(tmp_path, "upstream")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert), str(key))
@@ -433,9 +433,15 @@ async def test_upstream_tls_is_verified_unless_the_provider_opts_out(tmp_path, a
     server = await aiohttp_server(emulator.app, ssl=context)
     config = proxy_config([])
     config["providers"] = {"tls": {"protocol": "openai", "base_url": str(server.make_url("/v1")), "api_keys": [UPSTREAM_KEY]}}
+    config["groups"] = {"default": {"models": {"m": ["tls/x"]}}}
+    return cert, emulator, config
+
+
+@pytest.mark.parametrize("verify", [None, False])
+async def test_upstream_tls_is_verified_unless_the_provider_opts_out(tmp_path, aiohttp_server, start_proxy, caplog, verify):
+    _, emulator, config = await self_signed_upstream(tmp_path, aiohttp_server)
     if verify is not None:
         config["providers"]["tls"]["verify_tls"] = verify
-    config["groups"] = {"default": {"models": {"m": ["tls/x"]}}}
     proxy = await start_proxy(config)
     async with aiohttp.ClientSession() as session:
         status, _, raw = await post(session, proxy.url + "/v1/chat/completions", chat_request("openai", "m")[1],

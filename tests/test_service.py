@@ -271,6 +271,16 @@ async def _health(http: aiohttp.ClientSession, url: str) -> dict:
         return await resp.json()
 
 
+async def serving_pids(http: aiohttp.ClientSession, url: str, count: int) -> set[int]:
+    """The pids answering /healthz over fresh connections (the kernel spreads them), until ``count`` did (bounded)."""
+    seen: set[int] = set()
+    for _ in range(60):
+        seen.add((await _health(http, url))["pid"])
+        if len(seen) == count:
+            break
+    return seen
+
+
 async def test_workers_share_the_port_restart_when_killed_and_get_signals(start_upstream, run_daemon, listener, tmp_path):
     upstream = await start_upstream("openai")
     upstream.emulator.script(Reply(text="served"))
@@ -284,12 +294,7 @@ async def test_workers_share_the_port_restart_when_killed_and_get_signals(start_
         assert health["config"] == str(daemon.config_path)
         pids = health["workers"]["pids"]
         assert len(set(pids)) == 2 and daemon.proc.pid not in pids
-        seen = set()
-        for _ in range(40):  # fresh connections spread over both workers
-            seen.add((await _health(http, daemon.url))["pid"])
-            if len(seen) == 2:
-                break
-        assert seen == set(pids)
+        assert await serving_pids(http, daemon.url, 2) == set(pids)
 
         os.kill(pids[0], signal.SIGKILL)
         deadline = time.monotonic() + 20
