@@ -200,7 +200,12 @@ async def _serve(config: Config, worker: WorkerSeat | None = None, listen_overri
     guard = Guard(config.server)
     state.connections = guard
     runner = GuardedRunner(app, guard, handler_cancellation=True, access_log=None, shutdown_timeout=CLEANUP_WAIT)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except ConfigError as e:  # a setting that needs what this install lacks (an optional extra)
+        log.error("cannot start: %s", e)
+        await runner.cleanup()
+        sys.exit(2)
     ssl_context = None
     if config.server.tls_cert:
         import ssl

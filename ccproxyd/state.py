@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import orjson
 
+from .config import ConfigError
+
 log = logging.getLogger("ccproxyd.state")
 
 _WARN_EVERY = 60.0
@@ -140,7 +142,10 @@ class RedisState:
 
     def __init__(self, url: str, prefix: str = "ccproxyd", on_cooldown: Callable[[list[Any], float, str, int | None], None] | None = None,
                  on_error: str = "open") -> None:
-        import redis.asyncio as redis  # the optional extra: ccproxyd[redis]
+        try:
+            import redis.asyncio as redis  # the optional extra: ccproxyd[redis]
+        except ImportError:
+            raise ConfigError([f"state.backend: {safe_url(url)} needs the redis client: pip install 'ccproxyd[redis]'"]) from None
 
         self.url = url
         self.prefix = prefix

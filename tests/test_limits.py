@@ -297,3 +297,22 @@ def test_stats_by_key_shows_consumption_against_each_limit(tmp_path) -> None:
     # 2,000 tokens of 4,000 today; 1,000 in at $1,000/M + 1,000 out at $2,000/M = $3 of $10
     assert "2,000 / 4,000 (50%)" in alice and "$3.00 / $10.00" in alice and " 60 " in alice
     assert "bob" not in limits  # a key without limits has nothing to show there
+
+
+def test_a_redis_backend_without_the_redis_client_refuses_to_start(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    import tomli_w
+
+    config = {"state": {"backend": "redis://:secret@127.0.0.1:1/0"},
+              "providers": {"openai": {"protocol": "openai", "base_url": "http://127.0.0.1:1/v1"}},
+              "groups": {"default": {"models": {"m": "openai/x"}}}, "server": {"listen": "127.0.0.1:0", "stats": False}}
+    path = tmp_path / "c.toml"
+    path.write_text(tomli_w.dumps(config))
+    blocker = tmp_path / "sitecustomize.py"  # makes `import redis` fail in the daemon, as in an install without the extra
+    blocker.write_text("import sys\nsys.modules['redis'] = None\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "ccproxyd", "--config", str(path)], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2, out.stderr
+    assert "pip install 'ccproxyd[redis]'" in out.stderr and "secret" not in out.stderr
