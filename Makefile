@@ -18,13 +18,14 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The tests that drive real client programs (the Codex CLI, from npm, into .e2e/); `make test` runs them
+# The tests that drive real client programs (the Codex CLI and Claude Code, from npm, into .e2e/); `make test` runs them
 # too when the programs are installed, and skips them with the reason otherwise.
 E2E_DIR := .e2e
 
 e2e: $(STAMP)
-	npm install --prefix $(E2E_DIR) --no-audit --no-fund --loglevel=error @openai/codex
-	CODEX_BIN=$(CURDIR)/$(E2E_DIR)/node_modules/.bin/codex $(BIN)/python -m pytest -q tests/test_codex_e2e.py $(PYTEST_ARGS)
+	npm install --prefix $(E2E_DIR) --no-audit --no-fund --loglevel=error @openai/codex @anthropic-ai/claude-code
+	CODEX_BIN=$(CURDIR)/$(E2E_DIR)/node_modules/.bin/codex CCPROXY_TEST_CLAUDE=$(CURDIR)/$(E2E_DIR)/node_modules/.bin/claude \
+		$(BIN)/python -m pytest -q tests/test_codex_e2e.py tests/test_rules_e2e.py -k "codex or claude_code" $(PYTEST_ARGS)
 
 run: $(STAMP)
 	$(BIN)/ccproxyd --config $(CONFIG) $(RUN_ARGS)
@@ -97,7 +98,7 @@ DIST_NAME := ccproxyd-$(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' ccproxyd/_
 $(DIST_VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(DIST_VENV)
 	$(DIST_VENV)/bin/pip install --quiet --upgrade pip
-	$(DIST_VENV)/bin/pip install --quiet '.[dist]'
+	$(DIST_VENV)/bin/pip install --quiet '.[dist,redis,postgres]'
 	touch $@
 
 dist: $(DIST_VENV)/.installed
