@@ -131,7 +131,7 @@ class Dispatcher:
         self.body_log = body_log  # the client side of server.log_bodies (the upstream side is logged by the client)
         self.discovery = Discovery(upstream)
         self.stopping = False  # set by drain.py just before it cancels what outlived shutdown_grace
-        self.conversations: conversations.ConversationStore | None = None  # set by the server when on
+        self.conversations: Any = None  # conversations.ConversationStore or a RedisConversationStore, set by the server
 
     # ------------------------------------------------------------ planning
 

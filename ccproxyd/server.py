@@ -31,6 +31,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from . import __version__, admin, admin_status, ollama_api
 from .config import AccessKey, Config, ConfigError, is_loopback, load_config
 from .conversations import ConversationStore
+from .conversations_redis import RedisConversationStore
 from .dispatch import CLIENT_HEADERS, Dispatcher
 from .embeddings import EMBED_ACTIONS, embed
 from .errors import AuthError, NotFound, ProxyError, RateLimited
@@ -552,7 +553,9 @@ async def _start_pg_stats(state: AppState) -> None:
 async def _conversations_ctx(app: web.Application):  # type: ignore[no-untyped-def]
     """The stored-conversation database (opened on first use), when server.conversation_store is on."""
     state = app[STATE]
-    if state.config.server.conversation_store:
+    if state.config.server.conversation_store and isinstance(state.shared, RedisState):  # shared by every instance
+        state.dispatcher.conversations = RedisConversationStore.from_config(state.shared, state.config.server)
+    elif state.config.server.conversation_store:
         state.dispatcher.conversations = ConversationStore.from_config(state.config.server)
     yield
     if state.dispatcher.conversations is not None:

@@ -156,8 +156,8 @@ class RedisState:
         pool = redis.BlockingConnectionPool.from_url(url, max_connections=_POOL_SIZE, timeout=1.0, socket_connect_timeout=1.0,
                                                      socket_timeout=1.0, health_check_interval=15)
         self._pool = pool
-        self._redis = redis.Redis(connection_pool=pool)
-        self._admit = self._redis.register_script(_ADMIT)
+        self.client = redis.Redis(connection_pool=pool)
+        self._admit = self.client.register_script(_ADMIT)
         self._last_warning = 0.0
         self._listener: asyncio.Task | None = None
         self._channel = f"{prefix}:cooldowns"
@@ -165,7 +165,7 @@ class RedisState:
     def _key(self, key: str) -> str:
         return f"{self.prefix}:{key}"
 
-    def _failed(self, e: Exception) -> None:
+    def failed(self, e: Exception) -> None:
         self.errors += 1
         now = time.monotonic()
         if now - self._last_warning >= _WARN_EVERY:
@@ -180,7 +180,7 @@ class RedisState:
         try:
             result = await self._admit(keys=[self._key(c.key) for c in counters], args=args)
         except Exception as e:  # noqa: BLE001 — any client or connection failure means "unreachable"
-            self._failed(e)
+            self.failed(e)
             raise StateUnavailable(str(e)) from None
         if result == 0:
             return None
@@ -196,24 +196,24 @@ class RedisState:
         try:
             await self._admit(keys=[self._key(c.key) for c in counters], args=args)
         except Exception as e:  # noqa: BLE001
-            self._failed(e)
+            self.failed(e)
 
     async def turns(self, names: list[str]) -> list[int]:
         """The next number of each named rotation, counted once across every instance."""
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self.client.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.incr(self._key("turn:" + name.replace("\0", ":")))
                 return [int(v) - 1 for v in await pipe.execute()]
         except Exception as e:  # noqa: BLE001
-            self._failed(e)
+            self.failed(e)
             raise StateUnavailable(str(e)) from None
 
     async def read(self, keys: list[str]) -> list[int]:
         try:
-            values = await self._redis.mget([self._key(k) for k in keys])
+            values = await self.client.mget([self._key(k) for k in keys])
         except Exception as e:  # noqa: BLE001
-            self._failed(e)
+            self.failed(e)
             raise StateUnavailable(str(e)) from None
         return [int(v) if v is not None else 0 for v in values]
 
@@ -224,12 +224,12 @@ class RedisState:
         message = orjson.dumps({"scope": scope, "until": until, "reason": reason, "key_index": key_index})
         field = orjson.dumps(scope)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
+            async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hset(self._channel, field, message)
                 pipe.publish(self._channel, message)
                 await pipe.execute()
         except Exception as e:  # noqa: BLE001
-            self._failed(e)
+            self.failed(e)
 
     def start(self) -> None:
         """Follow the cooldowns other instances publish, from now until close()."""
@@ -240,7 +240,7 @@ class RedisState:
         """Subscribe, take the cooldowns already set, then each new one; reconnect after a failure."""
         retry = 0.5
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
                 await self._load_all()
@@ -253,7 +253,7 @@ class RedisState:
                 await _quietly(pubsub.aclose())
                 raise
             except Exception as e:  # noqa: BLE001
-                self._failed(e)
+                self.failed(e)
                 await _quietly(pubsub.aclose())
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, 10.0)
@@ -261,13 +261,13 @@ class RedisState:
     async def _load_all(self) -> None:
         now = time.time()
         stale = []
-        for field, message in (await self._redis.hgetall(self._channel)).items():
+        for field, message in (await self.client.hgetall(self._channel)).items():
             if orjson.loads(message)["until"] <= now:
                 stale.append(field)
             else:
                 self._adopt(message)
         if stale:
-            await self._redis.hdel(self._channel, *stale)
+            await self.client.hdel(self._channel, *stale)
 
     def _adopt(self, message: bytes) -> None:
         data = orjson.loads(message)
@@ -279,7 +279,7 @@ class RedisState:
             self._listener.cancel()
             await _quietly(self._listener)
             self._listener = None
-        await _quietly(self._redis.aclose())
+        await _quietly(self.client.aclose())
         await _quietly(self._pool.disconnect())
 
 

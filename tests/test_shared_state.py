@@ -165,3 +165,48 @@ async def test_two_instances_rotate_an_alias_as_one(start_upstream, run_daemon, 
         targets = [(await chat(session, (a, b)[i % 2].url, "m")).headers["x-ccproxy-target"] for i in range(6)]
     # each instance on its own would start at the first target; sharing, they alternate across both
     assert targets in (["one/model-a", "two/model-b"] * 3, ["two/model-b", "one/model-a"] * 3)
+
+
+async def test_a_stored_response_continues_on_the_other_instance_and_stays_its_keys(start_upstream, run_daemon, redis_server) -> None:
+    import openai
+
+    upstream = await start_upstream("openai")
+    config = shared_config([upstream], redis_server.url)
+    config["keys"].append({"name": "other", "key": "sk-another-access-key-0002"})
+    a, b = run_daemon(config), run_daemon(config)
+    first = openai.AsyncOpenAI(base_url=a.url + "/v1", api_key=ACCESS_KEY, max_retries=0)
+    second = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key=ACCESS_KEY, max_retries=0)
+    stranger = openai.AsyncOpenAI(base_url=b.url + "/v1", api_key="sk-another-access-key-0002", max_retries=0)
+    try:
+        made = await first.responses.create(model="m-openai", input="remember the word kumquat")
+        await second.responses.create(model="m-openai", input="which word?", previous_response_id=made.id)
+        history = [m["content"] for m in upstream.emulator.last.body["messages"]]
+        assert history[0] == "remember the word kumquat" and history[-1] == "which word?"
+        assert (await second.responses.retrieve(made.id)).id == made.id
+        with pytest.raises(openai.NotFoundError):
+            await stranger.responses.retrieve(made.id)
+        await second.responses.delete(made.id)
+        with pytest.raises(openai.NotFoundError):
+            await first.responses.retrieve(made.id)
+    finally:
+        for client in (first, second, stranger):
+            await client.close()
+
+
+async def test_the_redis_conversation_store_drops_the_oldest_past_its_size_bound(redis_server) -> None:
+    from ccproxyd.conversations_redis import RedisConversationStore
+    from ccproxyd.state import RedisState
+
+    shared = RedisState(redis_server.url, "bound-test")
+    store = RedisConversationStore(shared, ttl_seconds=3600, max_bytes=2000)
+    noise = __import__("base64").b64encode(__import__("os").urandom(1500)).decode()  # about 1,500 bytes compressed
+    try:
+        await store.put("alice", "resp_1", {"n": 1, "noise": noise})
+        await store.put("alice", "resp_2", {"n": 2, "noise": noise})  # over 2,000 together: resp_1 goes
+        assert await store.get("alice", "resp_1") is None
+        assert (await store.get("alice", "resp_2"))["n"] == 2
+        assert await store.get("bob", "resp_2") is None  # another owner's id is not theirs
+        assert await store.delete("alice", "resp_2") and not await store.delete("alice", "resp_2")
+        assert int(await shared.client.hget("bound-test:conv-sizes", "") or 0) == 0
+    finally:
+        await shared.close()
