@@ -210,3 +210,39 @@ async def test_the_redis_conversation_store_drops_the_oldest_past_its_size_bound
         assert int(await shared.client.hget("bound-test:conv-sizes", "") or 0) == 0
     finally:
         await shared.close()
+
+
+@pytest.mark.parametrize(("limit", "counter", "per_request"), [
+    ({"tokens_per_day": 149}, "tok:d", 30),
+    ({"budget_usd_per_month": 1.49}, "usd:M", 300_000),  # 30 tokens at $10,000 per million: $0.30, in micro-dollars
+], ids=["tokens_per_day", "budget"])
+async def test_two_instances_stop_a_key_at_the_same_total(start_upstream, run_daemon, redis_server, limit, counter, per_request) -> None:
+    upstream = await start_upstream("openai")  # every answer reports 21 + 9 = 30 tokens
+    config = shared_config([upstream], redis_server.url, **limit)
+    config["prices"] = {"openai/*": {"input": 10_000, "output": 10_000}}
+    a, b = run_daemon(config), run_daemon(config)
+    async with aiohttp.ClientSession() as session:
+        statuses = []
+        for i in range(7):
+            resp = await chat(session, (a, b)[i % 2].url)
+            statuses.append(resp.status)
+            if resp.status == 429:
+                body = await resp.json()
+                continue
+            for _ in range(500):  # the next admission, on the other instance, must see this answer's charge
+                if await _redis_sum(redis_server.url, f"ccproxyd:key:team:{counter}*") == per_request * statuses.count(200):
+                    break
+                await asyncio.sleep(0.01)
+    assert statuses == [200] * 5 + [429, 429]  # 0, 1, 2, 3, 4 requests' worth used before each of the five: all under the limit
+    assert body["error"]["code"] == "insufficient_quota" and next(iter(limit)) in body["error"]["message"]
+
+
+async def _redis_sum(url: str, pattern: str) -> int:
+    import redis.asyncio as redis
+
+    client = redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(pattern)]
+        return sum(int(v) for v in await client.mget(keys)) if keys else 0
+    finally:
+        await client.aclose()
