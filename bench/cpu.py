@@ -59,6 +59,8 @@ class Case:
 def cases(chunks: int, features: bool) -> list[Case]:
     by = {sc.key: sc for sc in scenarios(chunks)}
     core = [Case(k, by[k].title, by[k]) for k in ("openai-openai", "claude-openai", "openai-openai-stream", "claude-gemini-stream")]
+    paced = by["openai-openai-stream"].paced()  # one chunk per upstream read, as a model streams
+    core.append(Case("openai-openai-stream-paced", paced.title + ", paced", paced))
     if not features:
         return core
     oo = by["openai-openai"]
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", action="append", default=[], help="case key (repeatable)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--requests", type=int, default=1500, help="requests per measurement (streams: a tenth)")
-    p.add_argument("--connections", type=int, default=8)
+    p.add_argument("--connections", type=int, default=8, help="(paced streams: four times as many)")
     p.add_argument("--chunks", type=int, default=100)
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
@@ -163,10 +165,10 @@ def main(argv: list[str] | None = None) -> None:
                 for b in builds if r % 2 == 0 else builds[::-1]:
                     server = b.servers[c.config]
                     target = c.scenario.target(server.url, dict(c.headers))
-                    n = max(50, a.requests // 10) if c.scenario.stream else a.requests
+                    n = a.requests if not c.scenario.stream else max(50, a.requests // (40 if "paced" in c.key else 10))
                     run_load(work, target, 20, a.connections)  # warm up
                     before = cpu_ns(server.proc.pid)
-                    out = run_load(work, target, n, a.connections)
+                    out = run_load(work, target, n, a.connections * (4 if "paced" in c.key else 1))
                     spent = cpu_ns(server.proc.pid) - before
                     if out["count"] < n * 0.99 or out.get("errors"):
                         raise RuntimeError(f"{c.key} via {b.name}: {out['count']} of {n} answered, {out.get('errors')} errors "
@@ -194,7 +196,8 @@ def report(chosen: list[Case], builds: list[Build], samples: dict[tuple[str, str
     head += ["per chunk µs", "feature adds µs/req"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" + " ---: |" * (len(head) - 1)]
     rows = []
-    non_stream = {"openai-openai-stream": "openai-openai", "claude-gemini-stream": "claude-openai", "compat": "openai-openai"}
+    non_stream = {"openai-openai-stream": "openai-openai", "claude-gemini-stream": "claude-openai", "compat": "openai-openai",
+                  "openai-openai-stream-paced": "openai-openai"}
     for c in chosen:
         cells = [c.title]
         values = [med.get((c.key, n)) for n in names]
