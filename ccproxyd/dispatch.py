@@ -45,7 +45,7 @@ from .routing import Attempt, AttemptPlan, Router, is_retryable, resolve_alias, 
 from .shaping import finish_call, shape_request, use_compat
 from .state import LocalState
 from .streams import FrameTooLarge
-from .upstream import UpstreamClient, limit_headers, parse_retry_after
+from .upstream import UpstreamClient, UpstreamResponse, limit_headers, parse_retry_after
 from .usage import ESTIMATED_HEADERS, fill_missing_usage
 
 log = logging.getLogger("ccproxyd.dispatch")
@@ -184,7 +184,8 @@ class Dispatcher:
                     if not outbound.streams_usage(attempt.provider):  # known before the headers go: say so
                         request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
                     events = self._cool_on_error(events, attempt, config.server.cooldown_max)
-                    return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies)
+                    return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies,
+                                                        release[0] if release else None)
                 record.status = 200
                 answer = inbound.encode_response(response, client_req)
                 if bodies is not None:
@@ -288,7 +289,9 @@ class Dispatcher:
     async def _stream_to_client(
         self, request: web.Request, route: Route, inbound: Adapter, client_req: ir.Request,
         first: list[ir.Event], events: AsyncIterator[ir.Event], record: RequestRecord, bodies: BodyLog | None,
+        upstream: UpstreamResponse | None = None,
     ) -> web.StreamResponse:
+        """The first events are written at once; after them, what one upstream read yields goes in one write."""
         encoder = inbound.stream_encoder(client_req, route)
         resp = web.StreamResponse(status=200, headers=STREAM_HEADERS)
         resp.content_type = encoder.content_type
@@ -297,23 +300,34 @@ class Dispatcher:
         record.ttfb = time.monotonic() - record.started
         sent: list[bytes] = []
         write = resp.write if bodies is None else _teed(resp, sent)
+        pending: list[bytes] = []
+
+        async def flush() -> None:
+            if pending:
+                data = b"".join(pending)
+                pending.clear()
+                await write(data)
+
         try:
             out = encoder.begin()
             for event in first:
                 _count(record, event)
                 out += encoder.encode(event)
             await write(out)
+            if upstream is not None:
+                upstream.before_read = flush
             async for event in events:
                 if isinstance(event, ir.StreamError):
                     record.error_kind = event.kind
-                    await write(encoder.error(UpstreamError(event.status, event.kind, event.message)))
+                    pending.append(encoder.error(UpstreamError(event.status, event.kind, event.message)))
                     break
                 _count(record, event)
                 data = encoder.encode(event)
                 if data:
-                    await write(data)
+                    pending.append(data)
             else:
-                await write(encoder.end())
+                pending.append(encoder.end())
+            await flush()
             await resp.write_eof()
         finally:
             if bodies is not None:

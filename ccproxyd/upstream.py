@@ -14,7 +14,7 @@ import math
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 import orjson
@@ -37,6 +37,9 @@ class UpstreamResponse:
     chunks: AsyncIterator[bytes]
     response: aiohttp.ClientResponse
     opened_at: float  # monotonic time the headers arrived
+    # awaited before each read of the body from the network: a streaming reader writes what it has
+    # made of the data so far in one go there, rather than one write per event
+    before_read: Callable[[], Awaitable[None]] | None = None
 
     async def read_all(self, limit: int) -> bytes:
         parts, size = [], 0
@@ -105,8 +108,9 @@ class UpstreamClient:
             raise ConnectFailed(f"{provider.name} is unreachable ({why})") from None
         except aiohttp.ClientError as e:
             raise BadGateway(f"{provider.name}: {type(e).__name__}: {e}") from None
-        chunks = _body_chunks(response, provider, first_byte_by, deadline)
-        return UpstreamResponse(response.status, response.headers, chunks, response, time.monotonic())
+        resp = UpstreamResponse(response.status, response.headers, _no_chunks(), response, time.monotonic())
+        resp.chunks = _body_chunks(resp, provider, first_byte_by, deadline)
+        return resp
 
     async def read_error(self, resp: UpstreamResponse) -> bytes:
         try:
@@ -130,14 +134,22 @@ def _seconds_left(*deadlines: float | None) -> float | None:
     return None if nearest is None else max(0.0, nearest - time.monotonic())
 
 
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
 async def _body_chunks(
-    response: aiohttp.ClientResponse, provider: Provider, first_byte_by: float | None, deadline: float | None
+    owner: UpstreamResponse, provider: Provider, first_byte_by: float | None, deadline: float | None
 ) -> AsyncIterator[bytes]:
     t = provider.timeouts
+    response = owner.response
     content = response.content
     watch = _ReadWatch(first_byte_by, deadline, t.idle or None)
     try:
         while True:
+            if owner.before_read is not None:  # outside the try below: its failures are not the upstream's
+                await owner.before_read()
             watch.reading()
             try:
                 chunk = await content.readany()
