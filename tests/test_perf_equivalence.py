@@ -1,0 +1,151 @@
+"""The faster paths of issue 18 give byte for byte what the general ones do, on the same inputs.
+
+* ``iter_sse`` splits lines in its own loop; the general path is SSE over
+  ``iter_lines`` (the splitter Ollama's NDJSON still goes through). Both run on
+  the same bytes, cut into chunks every possible way a fuzzer finds.
+* A stream's events from one upstream read go to the client in one write; a
+  paced upstream (one event per read, so one write per event) must give the
+  client the same bytes as a burst of the same reply, for every client and
+  upstream protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import AsyncIterator
+
+import aiohttp
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ccproxyd.protocols import ADAPTERS
+from ccproxyd.streams import MAX_FRAME, FrameTooLarge, SSEEvent, iter_lines, iter_sse
+from tests.conftest import ACCESS_KEY, PROTOCOLS, proxy_config
+from tests.emulators.base import Reply
+from tests.test_stream_pacing import client_request
+
+
+async def reference_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
+    """SSE the general way: one generator for lines, one for events (ccproxyd before issue 18)."""
+    event: str | None = None
+    data: list[str] = []
+    size = 0
+    first = True
+    async for raw in iter_lines(chunks):
+        if first:
+            raw, first = raw.removeprefix(b"\xef\xbb\xbf"), False
+        if not raw:
+            if data:
+                yield SSEEvent(event, "\n".join(data))
+            event, data, size = None, [], 0
+            continue
+        line = raw.decode("utf-8", "replace")
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data.append(value)
+            size += len(value)
+            if size > MAX_FRAME:
+                raise FrameTooLarge("upstream sent an SSE event larger than %d bytes" % MAX_FRAME)
+        elif name == "event":
+            event = value
+    if data:
+        yield SSEEvent(event, "\n".join(data))
+
+
+async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def _events(gen: AsyncIterator[SSEEvent]) -> tuple[list[tuple[str | None, str]], str | None]:
+    out: list[tuple[str | None, str]] = []
+    try:
+        async for e in gen:
+            out.append((e.event, e.data))
+    except FrameTooLarge as e:
+        return out, str(e)
+    return out, None
+
+
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+
+
+_PIECES = st.sampled_from([b"data: ", b"data:", b"event: ", b"event:x", b": comment", b"id: 7", b"retry: 5", b"\n", b"\r\n", b"\r",
+                           b"\xef\xbb\xbf", b"{\"a\": 1}", b"[DONE]", b"h\xc3\xa9", b"\xff", b" ", b"data: x\n\n", b"dat", b"a"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=40), st.lists(st.integers(min_value=0, max_value=10_000), max_size=8))
+def test_sse_in_one_loop_equals_sse_over_lines(pieces: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(pieces)
+    parts = _cut(data, cuts)
+    fused = asyncio.run(_events(iter_sse(_chunks(parts))))
+    general = asyncio.run(_events(reference_sse(_chunks(parts))))
+    assert fused == general
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_PIECES, max_size=30), st.integers(min_value=0, max_value=200))
+def test_sse_with_head_equals_sse_of_the_whole(pieces: list[bytes], split: int) -> None:
+    """Gemini reads the first bytes itself, then hands them to ``iter_sse`` as ``head``."""
+    data = b"".join(pieces)
+    head, rest = data[:split], data[split:]
+    with_head = asyncio.run(_events(iter_sse(_chunks([rest]), head)))
+    general = asyncio.run(_events(reference_sse(_chunks([head, rest]))))
+    assert with_head == general
+
+
+def test_an_overlong_line_fails_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events before an unended line over MAX_FRAME are delivered, then the same error."""
+    import ccproxyd.streams as streams
+
+    monkeypatch.setattr(streams, "MAX_FRAME", 64)
+    parts = [b"data: one\n\ndata: two\n\n" + b"x" * 100, b"more\n\n"]
+    fused = asyncio.run(_events(iter_sse(_chunks(parts))))
+    general = asyncio.run(_events(reference_sse(_chunks(parts))))
+    assert fused == general == ([(None, "one"), (None, "two")], "upstream sent a line longer than 64 bytes")
+
+
+# ---------------------------------------------------------------- one write per upstream read
+
+_VOLATILE = re.compile(rb'("(?:id|created|created_at|responseId|system_fingerprint|\w*_duration)"\s*:\s*)("[^"]*"|\d+)')
+
+
+async def _body(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[bytes, int]:
+    """The whole answer, and how many reads the client needed for it."""
+    reads = 0
+    received = b""
+    async with session.post(url, json=body, headers={"authorization": f"Bearer {ACCESS_KEY}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        async for chunk in resp.content.iter_any():
+            received += chunk
+            reads += 1
+    return _VOLATILE.sub(rb"\1-", received), reads
+
+
+@pytest.mark.parametrize("upstream_protocol", [p for p in PROTOCOLS])
+async def test_a_burst_and_a_paced_stream_give_the_same_bytes(start_upstream, start_proxy, upstream_protocol):
+    if upstream_protocol not in ADAPTERS:
+        pytest.skip(f"{upstream_protocol} adapter not available")
+    upstream = await start_upstream(upstream_protocol)
+    proxy = await start_proxy(proxy_config([upstream]))
+    text = "ABCDEFGHIJKL"  # a piece each
+    clients = [p for p in PROTOCOLS if p in ADAPTERS]
+    bodies = {}
+    async with aiohttp.ClientSession() as session:
+        for delay in (0.0, 0.02):
+            upstream.emulator.script(Reply(text=text, chunks=12, chunk_delay=delay))
+            for p in clients:
+                path, body = client_request(p, f"m-{upstream_protocol}")
+                bodies[(p, delay)] = await _body(session, proxy.url + path, body)
+    for p in clients:
+        burst, paced = bodies[(p, 0.0)][0], bodies[(p, 0.02)][0]
+        assert burst == paced, p
+        assert burst.count(b"L") == 1 and burst.index(b"K") < burst.index(b"L"), p
