@@ -46,7 +46,7 @@ from .shaping import finish_call, shape_request, use_compat
 from .state import LocalState
 from .streams import FrameTooLarge
 from .upstream import UpstreamClient, UpstreamResponse, limit_headers, parse_retry_after
-from .usage import ESTIMATED_HEADERS, fill_missing_usage
+from .usage import ESTIMATED_HEADERS, UsageFiller
 
 log = logging.getLogger("ccproxyd.dispatch")
 
@@ -166,7 +166,6 @@ class Dispatcher:
             try:
                 try:
                     events = await self._open_events(request, config, client_req, plan, attempt, outbound, compat, record, release)
-                    events = fill_missing_usage(events, client_req, lambda: _mark_estimated(request, record))
                     if client_req.stream:
                         first = await self._first_events(events, record)
                     else:
@@ -183,9 +182,8 @@ class Dispatcher:
                 if client_req.stream:
                     if not outbound.streams_usage(attempt.provider):  # known before the headers go: say so
                         request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
-                    events = self._cool_on_error(events, attempt, config.server.cooldown_max)
                     return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies,
-                                                        release[0] if release else None)
+                                                        release[0] if release else None, attempt, config.server.cooldown_max)
                 record.status = 200
                 answer = inbound.encode_response(response, client_req)
                 if bodies is not None:
@@ -271,7 +269,7 @@ class Dispatcher:
                 raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
         if compat and tools:
             events = parse_stream(events, tools)
-        return _guard(events, config)
+        return _guard(events, config, UsageFiller(client_req, lambda: _mark_estimated(request, record)))
 
     async def _first_events(self, events: AsyncIterator[ir.Event], record: RequestRecord) -> list[ir.Event]:
         """Events up to the first content, so an early upstream error can still fail over."""
@@ -289,7 +287,7 @@ class Dispatcher:
     async def _stream_to_client(
         self, request: web.Request, route: Route, inbound: Adapter, client_req: ir.Request,
         first: list[ir.Event], events: AsyncIterator[ir.Event], record: RequestRecord, bodies: BodyLog | None,
-        upstream: UpstreamResponse | None = None,
+        upstream: UpstreamResponse | None = None, attempt: Attempt | None = None, cap: float = 0,
     ) -> web.StreamResponse:
         """The first events are written at once; after them, what one upstream read yields goes in one write."""
         encoder = inbound.stream_encoder(client_req, route)
@@ -319,6 +317,8 @@ class Dispatcher:
             async for event in events:
                 if isinstance(event, ir.StreamError):
                     record.error_kind = event.kind
+                    if attempt is not None:
+                        self._cool_on_error(event, attempt, cap)
                     pending.append(encoder.error(UpstreamError(event.status, event.kind, event.message)))
                     break
                 _count(record, event)
@@ -342,14 +342,11 @@ class Dispatcher:
         _count(record, response.usage)
         return response
 
-    async def _cool_on_error(self, events: AsyncIterator[ir.Event], attempt: Attempt, cap: float) -> AsyncIterator[ir.Event]:
-        """Events passed on unchanged; a failure after the first byte cannot fail over, but still cools its target."""
-        async for event in events:
-            if isinstance(event, ir.StreamError):
-                error = _stream_error(event)
-                if is_retryable(error):
-                    self.router.failed(attempt, error, cap)
-            yield event
+    def _cool_on_error(self, event: ir.StreamError, attempt: Attempt, cap: float) -> None:
+        """A failure after the first byte cannot fail over, but still cools its target."""
+        error = _stream_error(event)
+        if is_retryable(error):
+            self.router.failed(attempt, error, cap)
 
     @staticmethod
     def _exhausted(plan: Plan, failures: list[ProxyError], tried: list[str]) -> ProxyError:
@@ -426,12 +423,15 @@ def _allowed_group(config: Config, route: Route, model: str, key_groups: tuple[s
     return group, name
 
 
-async def _guard(events: AsyncIterator[ir.Event], config: Config) -> AsyncIterator[ir.Event]:
-    """Turn failures while reading the upstream into one StreamError event, its message free of keys."""
+async def _guard(events: AsyncIterator[ir.Event], config: Config, usage: UsageFiller) -> AsyncIterator[ir.Event]:
+    """Turn failures while reading the upstream into one StreamError event, its message free of keys;
+    fill in the usage the upstream did not send (in this loop: one generator layer per event the less)."""
     try:
         async for event in events:
             if isinstance(event, ir.StreamError):
                 event = ir.StreamError(event.kind, redact_secrets(event.message, config), event.status)
+            elif (extra := usage.before(event)) is not None:
+                yield extra
             yield event
     except ProxyError as e:
         yield ir.StreamError(e.kind, redact_secrets(e.message, config), e.status)
