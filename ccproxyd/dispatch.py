@@ -81,7 +81,7 @@ async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) 
         raise ClientError(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ClientError(f"request body must be a JSON object, got {type(body).__name__}")
-    if _nests_deeper(body, max_depth):
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _nests_deeper(body, max_depth):  # fewer brackets cannot nest that deep
         raise ClientError(f"request body nests objects and arrays deeper than {max_depth} levels")
     return body
 

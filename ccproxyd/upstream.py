@@ -270,8 +270,8 @@ _LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 def limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The upstream's rate-limit and retry headers, passed on to the client under the same names."""
     return {
-        name.lower(): value for name, value in headers.items()
-        if name.lower() in ("retry-after", "retry-after-ms") or name.lower().startswith(_LIMIT_PREFIXES)
+        low: value for name, value in headers.items()
+        if (low := name.lower()) in ("retry-after", "retry-after-ms") or low.startswith(_LIMIT_PREFIXES)
     }
 
 

@@ -149,3 +149,23 @@ async def test_a_burst_and_a_paced_stream_give_the_same_bytes(start_upstream, st
         burst, paced = bodies[(p, 0.0)][0], bodies[(p, 0.02)][0]
         assert burst == paced, p
         assert burst.count(b"L") == 1 and burst.index(b"K") < burst.index(b"L"), p
+
+
+# ---------------------------------------------------------------- the depth check's shortcut
+
+_JSON = st.recursive(st.none() | st.integers(min_value=-1000, max_value=1000) | st.text(alphabet="[]{}ab", max_size=4),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet="[{a", max_size=2), inner, max_size=3),
+                     max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=3), _JSON, max_size=3), st.integers(min_value=1, max_value=12))
+def test_a_body_with_few_brackets_is_never_too_deep(body: dict, limit: int) -> None:
+    """read_json_body walks the body only when it has more brackets than the depth limit: with fewer it cannot nest deeper."""
+    import orjson
+
+    from ccproxyd.dispatch import _nests_deeper
+
+    raw = orjson.dumps(body)
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        assert not _nests_deeper(body, limit)
