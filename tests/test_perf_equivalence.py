@@ -169,3 +169,20 @@ def test_a_body_with_few_brackets_is_never_too_deep(body: dict, limit: int) -> N
     raw = orjson.dumps(body)
     if raw.count(b"[") + raw.count(b"{") <= limit:
         assert not _nests_deeper(body, limit)
+
+
+# ---------------------------------------------------------------- the log line's time, formatted once per second
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=4e9, allow_nan=False), min_size=1, max_size=6))
+def test_the_log_time_is_loggings_own(times: list[float]) -> None:
+    import logging
+
+    from ccproxyd.observe import LogFormatter
+
+    ours, theirs = LogFormatter(), logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for t in sorted(times) + times:  # in order (the cached second reused) and back again
+        record = logging.LogRecord("ccproxyd.access", logging.INFO, "", 0, "line", None, None)
+        record.created, record.msecs = t, int((t - int(t)) * 1000)
+        assert ours.formatTime(record) == theirs.formatTime(record)
+        assert ours.format(record) == theirs.format(record)
