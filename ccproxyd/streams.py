@@ -96,10 +96,13 @@ class _SSEParser:
             done = SSEEvent(self.event, "\n".join(self.data)) if self.data else None
             self.event, self.data, self.size = None, [], 0
             return done
-        line = raw.decode("utf-8", "replace")
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
+        if raw.startswith(b"data:"):  # most lines: decode only the value
+            name, value = "data", raw[5:].decode("utf-8", "replace")
+        else:
+            line = raw.decode("utf-8", "replace")
+            if line.startswith(":"):
+                return None
+            name, _, value = line.partition(":")
         if value.startswith(" "):
             value = value[1:]
         if name == "data":
