@@ -238,8 +238,11 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     lease: Lease | None = await state.limiter.admit(key, request.content_length, config.state.on_state_error)
     try:
         return await handler(request)
-    finally:  # off the response's path: the client does not wait for the accounting
-        state.background(state.limiter.finish(lease, request[RECORD], config.prices))
+    finally:  # off the response's path: the client does not wait for the accounting (in this process it is instant: no task)
+        if state.limiter.state.shared:
+            state.background(state.limiter.finish(lease, request[RECORD], config.prices))
+        else:
+            state.limiter.finish_now(lease, request[RECORD], config.prices)
 
 
 def _auth_blocked(state: AppState, remote: str, per_minute: int) -> bool:

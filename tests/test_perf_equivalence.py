@@ -186,3 +186,36 @@ def test_the_log_time_is_loggings_own(times: list[float]) -> None:
         record.created, record.msecs = t, int((t - int(t)) * 1000)
         assert ours.formatTime(record) == theirs.formatTime(record)
         assert ours.format(record) == theirs.format(record)
+
+
+# ---------------------------------------------------------------- limit windows, their calendar computed once a minute
+
+def _windows_from_scratch(now: float) -> dict:
+    import calendar
+    import time
+
+    t = time.gmtime(now)
+    minute = int(now // 60)
+    day_end = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400
+    next_month = (t.tm_year + t.tm_mon // 12, t.tm_mon % 12 + 1)
+    month_end = calendar.timegm((*next_month, 1, 0, 0, 0))
+    return {
+        "minute": (f"m{minute}", (minute + 1) * 60 - now, 120),
+        "day": (f"d{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}", day_end - now, 2 * 86400),
+        "month": (f"M{t.tm_year:04d}{t.tm_mon:02d}", month_end - now, 32 * 86400),
+    }
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=4.1e9, allow_nan=False)
+                | st.integers(min_value=0, max_value=4_100_000_000).map(lambda s: float(s - s % 86400)),  # midnights
+                min_size=1, max_size=8))
+def test_limit_windows_are_the_calendars(times: list[float]) -> None:
+    """Midnights, month ends and the seconds just before them included; the cached minute reused and replaced."""
+    from ccproxyd.limits import windows
+
+    for now in [x for t in times for x in (t, t - 0.001, t + 59.999)] + times:
+        if now < 0:
+            continue
+        got = {k: (w.suffix, w.reset_in, w.ttl) for k, w in windows(now).items()}
+        assert got == _windows_from_scratch(now), now
