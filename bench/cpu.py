@@ -15,7 +15,12 @@ turn on, each the same request with only that feature added: compat mode,
 body logging, several upstream keys, group shaping, routing rules, access
 keys, key limits.
 
-Run: ``python -m bench.cpu [--features] [--baseline "CMD"] [--rounds 5]``
+With ``--callgrind`` each server runs under valgrind and the figure is
+instructions per request: the same count twice whatever else the machine
+does, but blind to the kernel's side of syscalls (sends cost more than they
+count there).
+
+Run: ``python -m bench.cpu [--features] [--baseline "CMD"] [--rounds 5] [--callgrind]``
 (``CMD`` runs another ccproxyd build, ``--config FILE`` is appended; it is
 started in a scratch directory, so ``env PYTHONPATH=/path/to/tree python -m
 ccproxyd`` measures that tree).
@@ -30,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -66,6 +72,8 @@ def cases(chunks: int, features: bool) -> list[Case]:
     oo = by["openai-openai"]
     return core + [
         Case("compat", by["compat-stream"].title, by["compat-stream"], base="openai-openai-stream"),
+        Case("no-stats", "OpenAI→OpenAI, usage stats off (on by default)", oo, config="nostats", base="openai-openai"),
+        Case("no-access-log", "OpenAI→OpenAI, access log off (log_level = warning)", oo, config="quiet", base="openai-openai"),
         Case("log-bodies", "OpenAI→OpenAI, log_bodies = true", oo, config="bodies", base="openai-openai"),
         Case("several-keys", "OpenAI→OpenAI, 4 upstream keys rotated", replace(oo, path="/keys/v1/chat/completions"),
              base="openai-openai"),
@@ -86,6 +94,10 @@ def config_for(name: str, port: int, upstream_url: str, state_dir: str) -> dict[
     config["groups"]["keys"] = {"models": {"bench-openai": ["emu_keys/bench-openai"]}}
     config["groups"]["shaped"] = {"models": models, "prompt_injection": "enhance", "prompt_text": "Answer briefly.",
                                   "temperature_ratio": 0.5, "tool_filter": ["dangerous_*"]}
+    if name == "nostats":
+        config["server"]["stats"] = False
+    if name == "quiet":
+        config["server"]["log_level"] = "warning"
     if name == "bodies":
         config["server"]["log_bodies"] = True
         config["server"]["log_bodies_path"] = str(Path(state_dir) / "bodies.jsonl")
@@ -120,6 +132,43 @@ class Build:
     servers: dict[str, procs.Server] = field(default_factory=dict)
 
 
+def callgrind_total(out: Path) -> int:
+    """The instruction count of callgrind's newest dump of ``out``."""
+    newest = max(out.parent.glob(out.name + "*"), key=lambda f: f.stat().st_mtime)
+    for line in newest.read_text(errors="replace").splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {newest}")
+
+
+class Meter:
+    """What one measurement costs the server: CPU nanoseconds (schedstat), or with ``callgrind`` instructions."""
+
+    def __init__(self, callgrind: bool, work: Path) -> None:
+        self.callgrind = callgrind
+        self.work = work
+
+    def wrap(self, command: list[str], name: str) -> list[str]:
+        if not self.callgrind:
+            return command
+        return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.work / (name + '.cg')}", "--dump-instr=no", *command] \
+            if command[0] != "env" else [*command[:2], *self.wrap(command[2:], name)]
+
+    def start(self, server: procs.Server) -> int:
+        if not self.callgrind:
+            return cpu_ns(server.proc.pid)
+        subprocess.run(["callgrind_control", "-z", str(server.proc.pid)], capture_output=True, timeout=60)
+        return 0
+
+    def spent(self, server: procs.Server, name: str, before: int) -> int:
+        if not self.callgrind:
+            return cpu_ns(server.proc.pid) - before
+        time.sleep(1.5)  # the usage-stats thread writes these requests' rows within a second: count that too
+        subprocess.run(["callgrind_control", "-d", str(server.proc.pid)], capture_output=True, timeout=60)
+        time.sleep(0.5)
+        return callgrind_total(self.work / (name + ".cg"))
+
+
 def run_load(work: Path, target: dict[str, Any], requests: int, connections: int) -> dict[str, Any]:
     path = work / "spec.json"
     path.write_bytes(orjson.dumps({"mode": "load", "target": target, "connections": connections, "duration": 60,
@@ -141,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--connections", type=int, default=8, help="(paced streams: four times as many)")
     p.add_argument("--chunks", type=int, default=100)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--callgrind", action="store_true",
+                   help="count instructions under valgrind instead of CPU time: repeatable on a busy machine, "
+                        "blind to the kernel's work in syscalls (use --requests 300 --rounds 1; each server starts in ~1 min)")
     a = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ccproxyd-cpu-"))
     chosen = [c for c in cases(a.chunks, a.features) if not a.only or c.key in a.only]
@@ -148,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     builds = [Build("this", shlex.split(a.ccproxyd) if a.ccproxyd else here)]
     if a.baseline:
         builds.insert(0, Build("baseline", shlex.split(a.baseline)))
+    meter = Meter(a.callgrind, work)
     port = procs.free_port()
     upstream = procs.start("upstream", [sys.executable, "-m", "bench.upstream", "--port", str(port), "--chunks", str(a.chunks)],
                            port, work, cwd=str(REPO))
@@ -159,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
                 state = work / f"state-{b.name}-{name}"
                 path = work / f"{b.name}-{name}.toml"
                 path.write_text(tomli_w.dumps(config_for(name, sport, upstream.url, str(state))))
-                b.servers[name] = procs.start(f"ccproxyd-{b.name}-{name}", [*b.command, "--config", str(path)], sport, work, cwd=str(work))
+                b.servers[name] = procs.start(f"ccproxyd-{b.name}-{name}", meter.wrap([*b.command, "--config", str(path)], f"{b.name}-{name}"),
+                                              sport, work, cwd=str(work), timeout=600 if a.callgrind else 20)
         for r in range(a.rounds):
             for c in chosen:
                 for b in builds if r % 2 == 0 else builds[::-1]:
@@ -167,33 +221,34 @@ def main(argv: list[str] | None = None) -> None:
                     target = c.scenario.target(server.url, dict(c.headers))
                     n = a.requests if not c.scenario.stream else max(50, a.requests // (40 if "paced" in c.key else 10))
                     run_load(work, target, 20, a.connections)  # warm up
-                    before = cpu_ns(server.proc.pid)
+                    before = meter.start(server)
                     out = run_load(work, target, n, a.connections * (4 if "paced" in c.key else 1))
-                    spent = cpu_ns(server.proc.pid) - before
+                    spent = meter.spent(server, f"{b.name}-{c.config}", before)
                     if out["count"] < n * 0.99 or out.get("errors"):
                         raise RuntimeError(f"{c.key} via {b.name}: {out['count']} of {n} answered, {out.get('errors')} errors "
                                            f"{out.get('error_examples')} {out.get('bad_status')}")
-                    samples.setdefault((c.key, b.name), []).append(spent / 1000 / out["count"])
+                    samples.setdefault((c.key, b.name), []).append(spent / (1 if a.callgrind else 1000) / out["count"])
             print(f"[cpu] round {r + 1}/{a.rounds} done", file=sys.stderr, flush=True)
     finally:
         for b in builds:
             for server in b.servers.values():
                 procs.stop(server)
         procs.stop(upstream)
-    result = report(chosen, builds, samples, a.chunks)
+    result = report(chosen, builds, samples, a.chunks, "instructions" if a.callgrind else "µs")
     print(result["text"])
     if a.json:
         Path(a.json).write_bytes(orjson.dumps({"cases": result["rows"], "samples": {f"{k}|{b}": v for (k, b), v in samples.items()}},
                                               option=orjson.OPT_INDENT_2))
 
 
-def report(chosen: list[Case], builds: list[Build], samples: dict[tuple[str, str], list[float]], chunks: int) -> dict[str, Any]:
+def report(chosen: list[Case], builds: list[Build], samples: dict[tuple[str, str], list[float]], chunks: int,
+           unit: str = "µs") -> dict[str, Any]:
     med = {k: statistics.median(v) for k, v in samples.items()}
     names = [b.name for b in builds]
-    head = ["case", *[f"{n} µs/req" for n in names]]
+    head = ["case", *[f"{n} {unit}/req" for n in names]]
     if len(names) == 2:
         head.append("change")
-    head += ["per chunk µs", "feature adds µs/req"]
+    head += [f"per chunk {unit}", f"feature adds {unit}/req"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" + " ---: |" * (len(head) - 1)]
     rows = []
     non_stream = {"openai-openai-stream": "openai-openai", "claude-gemini-stream": "claude-openai", "compat": "openai-openai",
@@ -201,16 +256,17 @@ def report(chosen: list[Case], builds: list[Build], samples: dict[tuple[str, str
     for c in chosen:
         cells = [c.title]
         values = [med.get((c.key, n)) for n in names]
-        cells += [f"{v:,.1f}" if v is not None else "—" for v in values]
+        digits = 0 if unit == "instructions" else 1
+        cells += [f"{v:,.{digits}f}" if v is not None else "—" for v in values]
         if len(names) == 2 and None not in values:
             cells.append(f"{(values[1] / values[0] - 1) * 100:+.0f}%")
         last = names[-1]
         base_ns = non_stream.get(c.key)
         if c.scenario.stream and base_ns and (base_ns, last) in med:
-            cells.append(f"{(med[(c.key, last)] - med[(base_ns, last)]) / chunks:.2f}")
+            cells.append(f"{(med[(c.key, last)] - med[(base_ns, last)]) / chunks:,.{digits + 1}f}")
         else:
             cells.append("")
-        cells.append(f"{med[(c.key, last)] - med[(c.base, last)]:+,.1f}" if c.base and (c.base, last) in med else "")
+        cells.append(f"{med[(c.key, last)] - med[(c.base, last)]:+,.{digits}f}" if c.base and (c.base, last) in med else "")
         lines.append("| " + " | ".join(cells) + " |")
         rows.append({"key": c.key, "title": c.title, **{n: med.get((c.key, n)) for n in names}})
     return {"text": "\n".join(lines), "rows": rows}
