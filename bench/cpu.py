@@ -44,7 +44,7 @@ import orjson
 import tomli_w
 
 from . import procs
-from .scenarios import CLAUDE_HEADERS, Scenario, ccproxyd_config, scenarios
+from .scenarios import Scenario, ccproxyd_config, scenarios
 
 REPO = Path(__file__).resolve().parent.parent
 ACCESS_KEY = "sk-bench-access-0123456789abcdef"
