@@ -264,9 +264,12 @@ class Dispatcher:
             events = outbound.decode_stream(resp.chunks)
         else:
             try:
-                events = ir.iterate(ir.response_events(outbound.decode_response(body)))
+                whole = outbound.decode_response(body)
             except (ValueError, KeyError, TypeError) as e:
                 raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
+            if not (compat and tools):
+                return _Whole(whole, config, UsageFiller(client_req, lambda: _mark_estimated(request, record)))
+            events = ir.iterate(ir.response_events(whole))
         if compat and tools:
             events = parse_stream(events, tools)
         return _guard(events, config, UsageFiller(client_req, lambda: _mark_estimated(request, record)))
@@ -337,7 +340,10 @@ class Dispatcher:
 
     async def _collect(self, events: AsyncIterator[ir.Event], client_req: ir.Request, record: RequestRecord) -> ir.Response:
         started = time.monotonic()
-        response = await ir.collect(_raise_errors(events), client_req.model)
+        if isinstance(events, _Whole):
+            response = events.collected(client_req.model)
+        else:
+            response = await ir.collect(_raise_errors(events), client_req.model)
         record.upstream_seconds += time.monotonic() - started
         _count(record, response.usage)
         return response
@@ -440,6 +446,50 @@ async def _guard(events: AsyncIterator[ir.Event], config: Config, usage: UsageFi
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(e)[:500], config))
         yield ir.StreamError("bad_gateway", f"upstream sent a stream that could not be read ({type(e).__name__})", 502)
+
+
+@dataclass(slots=True)
+class _Whole:
+    """A non-streamed upstream answer, decoded. ``_collect`` takes it without turning it into events and
+    collecting them again (``collected`` gives what that would, tests/test_perf_equivalence.py runs both);
+    iterated, it gives those events through the same chain as any other answer."""
+
+    response: ir.Response
+    config: Config
+    usage: UsageFiller
+
+    def __aiter__(self) -> AsyncIterator[ir.Event]:
+        return _guard(ir.iterate(ir.response_events(self.response)), self.config, self.usage).__aiter__()
+
+    def collected(self, model: str) -> ir.Response:
+        """``ir.collect`` of ``ir.response_events(response)`` with the missing usage filled in, folded directly."""
+        resp, parts, chars = self.response, [], 0
+        try:
+            for part in resp.parts:
+                if isinstance(part, ir.Text):
+                    if part.text:  # an empty text opens no block
+                        parts.append(ir.Text(part.text, part.provider_metadata))
+                        chars += len(part.text)
+                elif isinstance(part, ir.Reasoning):
+                    if part.redacted is not None:
+                        parts.append(ir.Reasoning(redacted=part.redacted))
+                        continue
+                    parts.append(ir.Reasoning(part.text or "", part.signature or None, provider_metadata=part.provider_metadata))
+                    chars += len(part.text or "")
+                elif isinstance(part, ir.ToolCall):
+                    arguments = orjson.dumps(part.arguments).decode()
+                    parts.append(ir.ToolCall(part.id, part.name, ir.parse_arguments(arguments), part.provider_metadata))
+                    chars += len(part.name) + len(arguments)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # as _guard would have turned it into an error
+            log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(e)[:500], self.config))
+            raise BadGateway(f"upstream sent a stream that could not be read ({type(e).__name__})") from None
+        self.usage.chars += chars
+        self.usage.before(resp.usage)
+        usage = ir.Usage().merge(resp.usage)
+        extra = self.usage.before(ir.Finished(resp.finish))
+        if extra is not None:
+            usage = usage.merge(extra)
+        return ir.Response(resp.id or "", resp.model or model, parts, resp.finish, usage)
 
 
 def _teed(resp: web.StreamResponse, sent: list[bytes]) -> Callable[[bytes], Awaitable[None]]:
