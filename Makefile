@@ -76,6 +76,12 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(if $(LITELLM),--litellm $(LITELLM)) $(BENCH_ARGS)
 
+# CPU per request and per chunk, and what each feature adds (bench/cpu.py; docs/performance.md): robust to a busy machine.
+# BENCH_CPU_ARGS="--callgrind --rounds 1 --requests 300" counts instructions instead (~20 min).
+.PHONY: bench-cpu
+bench-cpu: $(BENCH_STAMP)
+	$(BIN)/python -m bench.cpu --features $(BENCH_CPU_ARGS)
+
 # Hostile client input, longer than CI runs it (tests/test_fuzz_inbound.py): FUZZ_EXAMPLES per fuzz test, random seeds.
 FUZZ_EXAMPLES ?= 2000
 

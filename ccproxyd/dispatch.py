@@ -48,8 +48,8 @@ from .shaping import finish_call, shape_request, use_compat
 from .state import LocalState
 from .streams import FrameTooLarge
 from .toolnames import fit_request
-from .upstream import UpstreamClient, limit_headers, parse_retry_after
-from .usage import ESTIMATED_HEADERS, fill_missing_usage
+from .upstream import UpstreamClient, UpstreamResponse, limit_headers, parse_retry_after
+from .usage import ESTIMATED_HEADERS, UsageFiller
 
 log = logging.getLogger("ccproxyd.dispatch")
 
@@ -84,7 +84,7 @@ async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) 
         raise ClientError(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ClientError(f"request body must be a JSON object, got {type(body).__name__}")
-    if _nests_deeper(body, max_depth):
+    if raw.count(b"[") + raw.count(b"{") > max_depth and _nests_deeper(body, max_depth):  # fewer brackets cannot nest that deep
         raise ClientError(f"request body nests objects and arrays deeper than {max_depth} levels")
     return body
 
@@ -185,7 +185,6 @@ class Dispatcher:
             try:
                 try:
                     events = await self._open_events(request, config, client_req, plan, attempt, outbound, compat, record, release)
-                    events = fill_missing_usage(events, client_req, lambda: _mark_estimated(request, record))
                     if client_req.stream:
                         first = await self._first_events(events, record)
                     else:
@@ -198,10 +197,10 @@ class Dispatcher:
                 if client_req.stream:
                     if not outbound.streams_usage(attempt.provider):  # known before the headers go: say so
                         request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
-                    events = self._cool_on_error(events, attempt, config.server.cooldown_max)
                     if conversations.keeps(self.conversations, inbound, client_req):
                         events = conversations.keep_stream(self.conversations, inbound, client_req, record.key_name or "", first, events)
-                    return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies)
+                    return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies,
+                                                        release[0] if release else None, attempt, config.server.cooldown_max)
                 record.status = 200
                 await conversations.keep(self.conversations, inbound, client_req, response, record.key_name or "")
                 answer = inbound.encode_response(response, client_req)
@@ -298,14 +297,17 @@ class Dispatcher:
             events = outbound.decode_stream(resp.chunks)
         else:
             try:
-                events = ir.iterate(ir.response_events(outbound.decode_response(body)))
+                whole = outbound.decode_response(body)
             except (ValueError, KeyError, TypeError) as e:
                 raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
+            if not (compat and tools) and names is None:  # renamed tools are restored on the events below
+                return _Whole(whole, config, UsageFiller(client_req, lambda: _mark_estimated(request, record)))
+            events = ir.iterate(ir.response_events(whole))
         if compat and tools:
             events = parse_stream(events, tools)
         elif names is not None:
             events = names.restore(events)
-        return _guard(events, config)
+        return _guard(events, config, UsageFiller(client_req, lambda: _mark_estimated(request, record)))
 
     async def _first_events(self, events: AsyncIterator[ir.Event], record: RequestRecord) -> list[ir.Event]:
         """Events up to the first content, so an early upstream error can still fail over."""
@@ -323,7 +325,9 @@ class Dispatcher:
     async def _stream_to_client(
         self, request: web.Request, route: Route, inbound: Adapter, client_req: ir.Request,
         first: list[ir.Event], events: AsyncIterator[ir.Event], record: RequestRecord, bodies: BodyLog | None,
+        upstream: UpstreamResponse | None = None, attempt: Attempt | None = None, cap: float = 0,
     ) -> web.StreamResponse:
+        """The first events are written at once; after them, what one upstream read yields goes in one write."""
         encoder = inbound.stream_encoder(client_req, route)
         resp = web.StreamResponse(status=200, headers=STREAM_HEADERS)
         resp.content_type = encoder.content_type
@@ -332,23 +336,36 @@ class Dispatcher:
         record.ttfb = time.monotonic() - record.started
         sent: list[bytes] = []
         write = resp.write if bodies is None else _teed(resp, sent)
+        pending: list[bytes] = []
+
+        async def flush() -> None:
+            if pending:
+                data = b"".join(pending)
+                pending.clear()
+                await write(data)
+
         try:
             out = encoder.begin()
             for event in first:
                 _count(record, event)
                 out += encoder.encode(event)
             await write(out)
+            if upstream is not None:
+                upstream.before_read = flush
             async for event in events:
                 if isinstance(event, ir.StreamError):
                     record.error_kind = event.kind
-                    await write(encoder.error(UpstreamError(event.status, event.kind, event.message)))
+                    if attempt is not None:
+                        self._cool_on_error(event, attempt, cap)
+                    pending.append(encoder.error(UpstreamError(event.status, event.kind, event.message)))
                     break
                 _count(record, event)
                 data = encoder.encode(event)
                 if data:
-                    await write(data)
+                    pending.append(data)
             else:
-                await write(encoder.end())
+                pending.append(encoder.end())
+            await flush()
             await resp.write_eof()
         except ConnectionResetError:  # the client hung up: the access log says cancelled; the upstream is closed by chat()
             record.cancelled, record.status = True, 499
@@ -357,7 +374,7 @@ class Dispatcher:
                 raise
             record.error_kind = "shutdown"  # the access log says so; metrics do not count it against the upstream
             try:
-                await write(encoder.error(Unavailable("server shutting down")))
+                await write(b"".join(pending) + encoder.error(Unavailable("server shutting down")))
                 await resp.write_eof()
             except ConnectionResetError:
                 pass
@@ -369,19 +386,19 @@ class Dispatcher:
 
     async def _collect(self, events: AsyncIterator[ir.Event], client_req: ir.Request, record: RequestRecord) -> ir.Response:
         started = time.monotonic()
-        response = await ir.collect(_raise_errors(events), client_req.model)
+        if isinstance(events, _Whole):
+            response = events.collected(client_req.model)
+        else:
+            response = await ir.collect(_raise_errors(events), client_req.model)
         record.upstream_seconds += time.monotonic() - started
         _count(record, response.usage)
         return response
 
-    async def _cool_on_error(self, events: AsyncIterator[ir.Event], attempt: Attempt, cap: float) -> AsyncIterator[ir.Event]:
-        """Events passed on unchanged; a failure after the first byte cannot fail over, but still cools its target."""
-        async for event in events:
-            if isinstance(event, ir.StreamError):
-                error = _stream_error(event)
-                if is_retryable(error):
-                    self.router.failed(attempt, error, cap)
-            yield event
+    def _cool_on_error(self, event: ir.StreamError, attempt: Attempt, cap: float) -> None:
+        """A failure after the first byte cannot fail over, but still cools its target."""
+        error = _stream_error(event)
+        if is_retryable(error):
+            self.router.failed(attempt, error, cap)
 
     @staticmethod
     def _exhausted(plan: Plan, failures: list[ProxyError], tried: list[str]) -> ProxyError:
@@ -479,12 +496,15 @@ def _allowed_group(config: Config, route: Route, model: str, key_groups: tuple[s
     return group, name
 
 
-async def _guard(events: AsyncIterator[ir.Event], config: Config) -> AsyncIterator[ir.Event]:
-    """Turn failures while reading the upstream into one StreamError event, its message free of keys."""
+async def _guard(events: AsyncIterator[ir.Event], config: Config, usage: UsageFiller) -> AsyncIterator[ir.Event]:
+    """Turn failures while reading the upstream into one StreamError event, its message free of keys;
+    fill in the usage the upstream did not send (in this loop: one generator layer per event the less)."""
     try:
         async for event in events:
             if isinstance(event, ir.StreamError):
                 event = ir.StreamError(event.kind, redact_secrets(event.message, config), event.status)
+            elif (extra := usage.before(event)) is not None:
+                yield extra
             yield event
     except ProxyError as e:
         yield ir.StreamError(e.kind, redact_secrets(e.message, config), e.status)
@@ -493,6 +513,50 @@ async def _guard(events: AsyncIterator[ir.Event], config: Config) -> AsyncIterat
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(e)[:500], config))
         yield ir.StreamError("bad_gateway", f"upstream sent a stream that could not be read ({type(e).__name__})", 502)
+
+
+@dataclass(slots=True)
+class _Whole:
+    """A non-streamed upstream answer, decoded. ``_collect`` takes it without turning it into events and
+    collecting them again (``collected`` gives what that would, tests/test_perf_equivalence.py runs both);
+    iterated, it gives those events through the same chain as any other answer."""
+
+    response: ir.Response
+    config: Config
+    usage: UsageFiller
+
+    def __aiter__(self) -> AsyncIterator[ir.Event]:
+        return _guard(ir.iterate(ir.response_events(self.response)), self.config, self.usage).__aiter__()
+
+    def collected(self, model: str) -> ir.Response:
+        """``ir.collect`` of ``ir.response_events(response)`` with the missing usage filled in, folded directly."""
+        resp, parts, chars = self.response, [], 0
+        try:
+            for part in resp.parts:
+                if isinstance(part, ir.Text):
+                    if part.text:  # an empty text opens no block
+                        parts.append(ir.Text(part.text, part.provider_metadata))
+                        chars += len(part.text)
+                elif isinstance(part, ir.Reasoning):
+                    if part.redacted is not None:
+                        parts.append(ir.Reasoning(redacted=part.redacted))
+                        continue
+                    parts.append(ir.Reasoning(part.text or "", part.signature or None, provider_metadata=part.provider_metadata))
+                    chars += len(part.text or "")
+                elif isinstance(part, ir.ToolCall):
+                    arguments = orjson.dumps(part.arguments).decode()
+                    parts.append(ir.ToolCall(part.id, part.name, ir.parse_arguments(arguments), part.provider_metadata))
+                    chars += len(part.name) + len(arguments)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # as _guard would have turned it into an error
+            log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(e)[:500], self.config))
+            raise BadGateway(f"upstream sent a stream that could not be read ({type(e).__name__})") from None
+        self.usage.chars += chars
+        self.usage.before(resp.usage)
+        usage = ir.Usage().merge(resp.usage)
+        extra = self.usage.before(ir.Finished(resp.finish))
+        if extra is not None:
+            usage = usage.merge(extra)
+        return ir.Response(resp.id or "", resp.model or model, parts, resp.finish, usage)
 
 
 def _teed(resp: web.StreamResponse, sent: list[bytes]) -> Callable[[bytes], Awaitable[None]]:

@@ -40,16 +40,31 @@ class Window:
 
 
 def windows(now: float) -> dict[str, Window]:
+    minute = int(now // 60)
+    cal = _calendar
+    if cal[0] != minute:  # a UTC day and month begin on a minute: within one, they are the same
+        cal = _calendar_of(now)
+    return {
+        "minute": Window(cal[1], (minute + 1) * 60 - now, 120),
+        "day": Window(cal[2], cal[3] - now, 2 * 86400),
+        "month": Window(cal[4], cal[5] - now, 32 * 86400),
+    }
+
+
+def _calendar_of(now: float) -> tuple[int, str, str, int, str, int]:
+    """The minute, and the counter suffixes and ends of ``now``'s minute, day and month (kept for the next call)."""
+    global _calendar
     t = time.gmtime(now)
     minute = int(now // 60)
     day_end = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400
     next_month = (t.tm_year + t.tm_mon // 12, t.tm_mon % 12 + 1)
     month_end = calendar.timegm((*next_month, 1, 0, 0, 0))
-    return {
-        "minute": Window(f"m{minute}", (minute + 1) * 60 - now, 120),
-        "day": Window(f"d{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}", day_end - now, 2 * 86400),
-        "month": Window(f"M{t.tm_year:04d}{t.tm_mon:02d}", month_end - now, 32 * 86400),
-    }
+    _calendar = (minute, f"m{minute}", f"d{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}", day_end,
+                 f"M{t.tm_year:04d}{t.tm_mon:02d}", month_end)
+    return _calendar
+
+
+_calendar: tuple[int, str, str, int, str, int] = (-1, "", "", 0, "", 0)
 
 
 @dataclass(slots=True)
@@ -174,13 +189,25 @@ class KeyLimiter:
 
     async def finish(self, lease: Lease | None, record: RequestRecord, prices: tuple[Price, ...]) -> None:
         """Give back the parallel slot and count what the upstream reported instead of the estimate."""
+        counters = self._settlement(lease, record, prices)
+        if counters:
+            await self.state.add(counters)
+
+    def finish_now(self, lease: Lease | None, record: RequestRecord, prices: tuple[Price, ...]) -> None:
+        """:meth:`finish` for a state in this process: counted at once, no task to schedule."""
+        assert isinstance(self.state, LocalState)
+        counters = self._settlement(lease, record, prices)
+        if counters:
+            self.state.add_now(counters)
+
+    def _settlement(self, lease: Lease | None, record: RequestRecord, prices: tuple[Price, ...]) -> list[Counter] | None:
         if lease is None or lease.done or not lease.counted:
-            return
+            return None
         lease.done = True
         correction = (record.input_tokens or 0) + (record.output_tokens or 0) - lease.estimate
         cost = int(round(cost_usd(price_of(prices, record), record) * _MICRO))
         amounts = {"requests": 0, "parallel": -1, "budget": cost}
-        await self.state.add([s.counter_with(0, amounts.get(s.name, correction), check=False) for s in slots(lease.key, time.time())])
+        return [s.counter_with(0, amounts.get(s.name, correction), check=False) for s in slots(lease.key, time.time())]
 
     async def refresh_budgets(self, keys: tuple[AccessKey, ...]) -> dict[str, float]:
         """USD left this month per key with a budget (kept in ``budget_left`` for /metrics)."""

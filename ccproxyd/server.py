@@ -17,7 +17,6 @@ import os
 import re
 import sqlite3
 import time
-import uuid
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
@@ -151,7 +150,7 @@ def _refused_before_routing(record: RequestRecord, e: PathNotFound, action: str,
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     given = request.headers.get("x-request-id", "")
-    record = RequestRecord(given if _REQUEST_ID.match(given) else uuid.uuid4().hex)
+    record = RequestRecord(given if _REQUEST_ID.match(given) else os.urandom(16).hex())  # uuid4().hex's shape, at a fifth of its cost
     request[RECORD] = record
     protocol: str | None = None
     state.in_flight += 1
@@ -259,8 +258,11 @@ async def limits_middleware(request: web.Request, handler: Handler) -> web.Strea
     lease: Lease | None = await state.limiter.admit(key, request.content_length, config.state.on_state_error)
     try:
         return await handler(request)
-    finally:  # off the response's path: the client does not wait for the accounting
-        state.background(state.limiter.finish(lease, request[RECORD], config.prices))
+    finally:  # off the response's path: the client does not wait for the accounting (in this process it is instant: no task)
+        if state.limiter.state.shared:
+            state.background(state.limiter.finish(lease, request[RECORD], config.prices))
+        else:
+            state.limiter.finish_now(lease, request[RECORD], config.prices)
 
 
 def _auth_blocked(state: AppState, remote: str, per_minute: int) -> bool:

@@ -24,68 +24,121 @@ class SSEEvent:
     data: str
 
 
-async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """Lines (without their LF/CRLF/CR ending) from a byte stream; a last unterminated line is yielded too.
+class LineSplitter:
+    """Lines (without their LF/CRLF/CR ending) from a byte stream, fed a chunk at a time.
 
     Only each new chunk is scanned, and an incomplete line is kept as pieces joined once it ends,
     so a long line arriving a few bytes at a time costs linear, not quadratic, time.
     """
-    pending: list[bytes] = []  # pieces of the line not yet ended
-    pending_size = 0
-    after_cr = False  # the previous chunk ended in CR: a leading LF now belongs to that CRLF
-    async for chunk in chunks:
+
+    __slots__ = ("pending", "pending_size", "after_cr")
+
+    def __init__(self) -> None:
+        self.pending: list[bytes] = []  # pieces of the line not yet ended
+        self.pending_size = 0
+        self.after_cr = False  # the previous chunk ended in CR: a leading LF now belongs to that CRLF
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines ``chunk`` ends; call :meth:`check` once they are used."""
         if not chunk:
-            continue
-        if after_cr and chunk.startswith(b"\n"):
+            return []
+        if self.after_cr and chunk.startswith(b"\n"):
             chunk = chunk[1:]
-        after_cr = chunk.endswith(b"\r")
+        self.after_cr = chunk.endswith(b"\r")
         if b"\r" in chunk:  # CR alone is a line ending in SSE too
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         *lines, rest = chunk.split(b"\n")
-        if lines:
-            if pending:
-                lines[0] = b"".join(pending) + lines[0]
-                pending, pending_size = [], 0
-            for line in lines:
-                yield line
+        if lines and self.pending:
+            lines[0] = b"".join(self.pending) + lines[0]
+            self.pending, self.pending_size = [], 0
         if rest:
-            pending.append(rest)
-            pending_size += len(rest)
-            if pending_size > MAX_FRAME:
-                raise FrameTooLarge("upstream sent a line longer than %d bytes" % MAX_FRAME)
-    if pending:
-        yield b"".join(pending)
+            self.pending.append(rest)
+            self.pending_size += len(rest)
+        return lines
+
+    def check(self) -> None:
+        """Refuse a line still unended past MAX_FRAME (after the lines before it were used)."""
+        if self.pending_size > MAX_FRAME:
+            raise FrameTooLarge("upstream sent a line longer than %d bytes" % MAX_FRAME)
+
+    def close(self) -> list[bytes]:
+        """A last unterminated line."""
+        return [b"".join(self.pending)] if self.pending else []
 
 
-async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[SSEEvent]:
-    """Server-sent events per the WHATWG spec: comments ignored, multi-line data joined."""
-    event: str | None = None
-    data: list[str] = []
-    size = 0
-    first = True
-    async for raw in iter_lines(chunks):
-        if first:
-            raw, first = raw.removeprefix(b"\xef\xbb\xbf"), False  # a byte order mark may open the stream
+async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """Lines (without their LF/CRLF/CR ending) from a byte stream; a last unterminated line is yielded too."""
+    splitter = LineSplitter()
+    async for chunk in chunks:
+        for line in splitter.feed(chunk):
+            yield line
+        splitter.check()
+    for line in splitter.close():
+        yield line
+
+
+class _SSEParser:
+    """The WHATWG event-stream rules for one line at a time."""
+
+    __slots__ = ("event", "data", "size", "first")
+
+    def __init__(self) -> None:
+        self.event: str | None = None
+        self.data: list[str] = []
+        self.size = 0
+        self.first = True
+
+    def line(self, raw: bytes) -> SSEEvent | None:
+        """The event this line completes, if any."""
+        if self.first:
+            raw, self.first = raw.removeprefix(b"\xef\xbb\xbf"), False  # a byte order mark may open the stream
         if not raw:
-            if data:
-                yield SSEEvent(event, "\n".join(data))
-            event, data, size = None, [], 0
-            continue
-        line = raw.decode("utf-8", "replace")
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
+            done = SSEEvent(self.event, "\n".join(self.data)) if self.data else None
+            self.event, self.data, self.size = None, [], 0
+            return done
+        if raw.startswith(b"data:"):  # most lines: decode only the value
+            name, value = "data", raw[5:].decode("utf-8", "replace")
+        else:
+            line = raw.decode("utf-8", "replace")
+            if line.startswith(":"):
+                return None
+            name, _, value = line.partition(":")
         if value.startswith(" "):
             value = value[1:]
         if name == "data":
-            data.append(value)
-            size += len(value)
-            if size > MAX_FRAME:
+            self.data.append(value)
+            self.size += len(value)
+            if self.size > MAX_FRAME:
                 raise FrameTooLarge("upstream sent an SSE event larger than %d bytes" % MAX_FRAME)
         elif name == "event":
-            event = value
-    if data:
-        yield SSEEvent(event, "\n".join(data))
+            self.event = value
+        return None
+
+    def close(self) -> SSEEvent | None:
+        return SSEEvent(self.event, "\n".join(self.data)) if self.data else None
+
+
+async def iter_sse(chunks: AsyncIterable[bytes], head: bytes = b"") -> AsyncIterator[SSEEvent]:
+    """Server-sent events per the WHATWG spec: comments ignored, multi-line data joined.
+
+    One generator over the chunks (lines are split in the same loop, not by another generator);
+    ``head``: bytes already read off the stream, parsed first."""
+    splitter, parser = LineSplitter(), _SSEParser()
+    if head:
+        for raw in splitter.feed(head):
+            if (event := parser.line(raw)) is not None:
+                yield event
+        splitter.check()
+    async for chunk in chunks:
+        for raw in splitter.feed(chunk):
+            if (event := parser.line(raw)) is not None:
+                yield event
+        splitter.check()
+    for raw in splitter.close():
+        if (event := parser.line(raw)) is not None:
+            yield event
+    if (event := parser.close()) is not None:
+        yield event
 
 
 async def iter_ndjson(chunks: AsyncIterable[bytes]) -> AsyncIterator[object]:

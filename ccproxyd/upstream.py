@@ -9,11 +9,12 @@ between body chunks; ``total`` the whole exchange.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import AsyncIterator, Mapping
+from typing import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 import orjson
@@ -37,6 +38,9 @@ class UpstreamResponse:
     chunks: AsyncIterator[bytes]
     response: aiohttp.ClientResponse | None  # None: answered in process (the demo provider)
     opened_at: float  # monotonic time the headers arrived
+    # awaited before each read of the body from the network: a streaming reader writes what it has
+    # made of the data so far in one go there, rather than one write per event
+    before_read: Callable[[], Awaitable[None]] | None = None
 
     async def read_all(self, limit: int) -> bytes:
         parts, size = [], 0
@@ -87,8 +91,7 @@ class UpstreamClient:
         sent = time.monotonic()
         deadline = sent + t.total if t.total else None
         first_byte_by = sent + t.first_byte if t.first_byte else None
-        # sock_connect only: aiohttp's ``connect`` also counts waiting for a free pooled connection
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=t.connect or None)
+        timeout = _client_timeout(t.connect)
         kwargs: dict = {}
         if provider.proxy:
             kwargs["proxy"] = provider.proxy
@@ -110,8 +113,9 @@ class UpstreamClient:
             raise ConnectFailed(f"{provider.name} is unreachable ({why})") from None
         except aiohttp.ClientError as e:
             raise BadGateway(f"{provider.name}: {type(e).__name__}: {e}") from None
-        chunks = _body_chunks(response, provider, first_byte_by, deadline)
-        return UpstreamResponse(response.status, response.headers, chunks, response, time.monotonic())
+        resp = UpstreamResponse(response.status, response.headers, _no_chunks(), response, time.monotonic())
+        resp.chunks = _body_chunks(resp, provider, first_byte_by, deadline)
+        return resp
 
     async def read_error(self, resp: UpstreamResponse) -> bytes:
         try:
@@ -122,40 +126,147 @@ class UpstreamClient:
             resp.close()
 
 
+@functools.lru_cache(maxsize=64)
+def _client_timeout(connect: float) -> aiohttp.ClientTimeout:
+    """aiohttp's part of the timeouts, one object per connect limit rather than one per call.
+    sock_connect only: aiohttp's ``connect`` also counts waiting for a free pooled connection."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect or None)
+
+
 def _seconds_left(*deadlines: float | None) -> float | None:
     """Seconds to the nearest deadline; None when there is none."""
     nearest = min((d for d in deadlines if d is not None), default=None)
     return None if nearest is None else max(0.0, nearest - time.monotonic())
 
 
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""
+
+
 async def _body_chunks(
-    response: aiohttp.ClientResponse, provider: Provider, first_byte_by: float | None, deadline: float | None
+    owner: UpstreamResponse, provider: Provider, first_byte_by: float | None, deadline: float | None
 ) -> AsyncIterator[bytes]:
     t = provider.timeouts
-    first = True
+    response = owner.response
+    content = response.content
+    watch = _ReadWatch(first_byte_by, deadline, t.idle or None)
     try:
         while True:
-            wait_until = first_byte_by if first else (time.monotonic() + t.idle if t.idle else None)
+            if owner.before_read is not None:  # outside the try below: its failures are not the upstream's
+                await owner.before_read()
+            watch.reading()
             try:
-                async with asyncio.timeout(_seconds_left(wait_until, deadline)):
-                    chunk = await response.content.readany()
-            except TimeoutError:
-                if deadline and time.monotonic() >= deadline:
+                chunk = await content.readany()
+            except asyncio.CancelledError:
+                why = watch.fired_for()
+                if why is None:
+                    raise
+                if why == "total":
                     raise UpstreamTimeout(f"{provider.name} did not finish within {t.total:g}s") from None
-                if first:
+                if why == "first":
                     raise UpstreamTimeout(f"{provider.name} sent no data within {t.first_byte:g}s") from None
                 raise UpstreamTimeout(f"{provider.name} stalled mid-stream for {t.idle:g}s") from None
             except aiohttp.ClientPayloadError as e:
                 raise BadGateway(f"{provider.name} broke off the response: {e}") from None
             except aiohttp.ClientError as e:
                 raise BadGateway(f"{provider.name}: {type(e).__name__}: {e}") from None
+            finally:
+                watch.held()
             if not chunk:
                 return
-            first = False
             yield chunk
     finally:
+        watch.stop()
         # read to the end: the connection goes back to the pool; otherwise it is dropped, not left reading
-        response.release() if response.content.at_eof() else response.close()
+        response.release() if content.at_eof() else response.close()
+
+
+class _ReadWatch:
+    """The first-byte, idle and total timeouts of one body read, with one timer per stream rather than
+    an ``asyncio.timeout`` armed and cancelled around every chunk: a chunk only notes the time its read
+    began; the timer, when it comes due, checks whether the read under way has waited too long (then it
+    cancels the reading task, like ``asyncio.timeout``) or sets itself for when it could have.
+    The time the reader holds a chunk (writing it to the client) counts for none of the limits, except
+    that a read begun after the total deadline fails as soon as it would wait."""
+
+    __slots__ = ("first_by", "deadline", "idle", "since", "first", "fired", "_task", "_cancelling", "_timer", "_loop")
+
+    def __init__(self, first_by: float | None, deadline: float | None, idle: float | None) -> None:
+        self.first_by, self.deadline, self.idle = first_by, deadline, idle
+        self.since: float | None = None  # monotonic time the read under way began; None between reads
+        self.first = True
+        self.fired: str | None = None
+        self._task: asyncio.Task | None = None
+        self._cancelling = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def reading(self) -> None:
+        now = time.monotonic()
+        self.since = now
+        if self._task is None:  # the first read: the task that reads
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.current_task()
+            self._cancelling = self._task.cancelling() if self._task is not None else 0
+        if self.deadline is not None and now >= self.deadline:
+            self._set(now, now)
+        elif self._timer is None:  # none pending: no limit applied when it was last looked at
+            self._arm(now)
+
+    def held(self) -> None:
+        self.since = None
+        if self.first:  # the first-byte limit is over: the timer may be set for later than an idle one
+            self.first = False
+            if self._timer is not None:
+                self._arm(time.monotonic())
+
+    def fired_for(self) -> str | None:
+        """Why the watch cancelled the read (``first``, ``idle``, ``total``), or None when it did not."""
+        if self.fired is None or self._task is None or self._task.uncancel() > self._cancelling:
+            return None
+        return self.fired
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _limit(self) -> tuple[float | None, str]:
+        """When the read under way times out, and which limit that is."""
+        assert self.since is not None
+        until = self.first_by if self.first else (self.since + self.idle if self.idle else None)
+        if self.deadline is not None and (until is None or self.deadline <= until):
+            return self.deadline, "total"
+        return until, "first" if self.first else "idle"
+
+    def _arm(self, now: float) -> None:
+        if self.since is not None:
+            when, _ = self._limit()
+        else:  # between reads: look again no sooner than the next read could time out
+            ahead = [w for w in (now + self.idle if self.idle else None, self.deadline) if w is not None and w > now]
+            when = min(ahead) if ahead else None
+        if when is not None:
+            self._set(when, now)
+
+    def _set(self, when: float, now: float) -> None:
+        self.stop()
+        assert self._loop is not None
+        self._timer = self._loop.call_later(max(0.0, when - now), self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        task = self._task
+        if task is None or task.done() or self.fired is not None:
+            return
+        now = time.monotonic()
+        if self.since is not None:
+            when, why = self._limit()
+            if when is not None and now >= when:
+                self.fired = why
+                task.cancel()
+                return
+        self._arm(now)
 
 
 _LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
@@ -164,8 +275,8 @@ _LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 def limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """The upstream's rate-limit and retry headers, passed on to the client under the same names."""
     return {
-        name.lower(): value for name, value in headers.items()
-        if name.lower() in ("retry-after", "retry-after-ms") or name.lower().startswith(_LIMIT_PREFIXES)
+        low: value for name, value in headers.items()
+        if (low := name.lower()) in ("retry-after", "retry-after-ms") or low.startswith(_LIMIT_PREFIXES)
     }
 
 

@@ -176,3 +176,15 @@ class _NullTransport:
 
     def close(self) -> None:
         pass
+
+
+def test_cpu_per_request_runs_every_feature_case(tmp_path: Path) -> None:
+    """bench/cpu.py end to end, tiny: every feature's server config starts and answers, and a figure comes out per row."""
+    out = tmp_path / "cpu.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.cpu", "--features", "--rounds", "1", "--requests", "40", "--connections", "2",
+                           "--chunks", "10", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = orjson.loads(out.read_bytes())["cases"]
+    assert {r["key"] for r in rows} >= {"openai-openai", "openai-openai-stream-paced", "compat", "log-bodies", "key-limits", "routes"}
+    assert all(r["this"] and r["this"] > 0 for r in rows), rows
+    assert "| OpenAI→OpenAI, a key with rpm/tpm/parallel/day limits |" in proc.stdout

@@ -180,12 +180,7 @@ async def _objects(chunks: AsyncIterator[bytes]) -> AsyncIterator[Any]:
             yield item
         return
 
-    async def replay() -> AsyncIterator[bytes]:
-        yield head
-        async for chunk in it:
-            yield chunk
-
-    async for event in iter_sse(replay()):
+    async for event in iter_sse(it, head):
         yield orjson.loads(event.data)
 
 

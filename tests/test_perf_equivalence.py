@@ -1,0 +1,289 @@
+"""The faster paths of issue 18 give byte for byte what the general ones do, on the same inputs.
+
+* ``iter_sse`` splits lines in its own loop; the general path is SSE over
+  ``iter_lines`` (the splitter Ollama's NDJSON still goes through). Both run on
+  the same bytes, cut into chunks every possible way a fuzzer finds.
+* A stream's events from one upstream read go to the client in one write; a
+  paced upstream (one event per read, so one write per event) must give the
+  client the same bytes as a burst of the same reply, for every client and
+  upstream protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import AsyncIterator
+
+import aiohttp
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ccproxyd.protocols import ADAPTERS
+from ccproxyd.streams import MAX_FRAME, FrameTooLarge, SSEEvent, iter_lines, iter_sse
+from tests.conftest import ACCESS_KEY, PROTOCOLS, proxy_config
+from tests.emulators.base import Reply
+from tests.test_stream_pacing import client_request
+
+
+async def reference_sse(chunks: AsyncIterator[bytes]) -> AsyncIterator[SSEEvent]:
+    """SSE the general way: one generator for lines, one for events (ccproxyd before issue 18)."""
+    event: str | None = None
+    data: list[str] = []
+    size = 0
+    first = True
+    async for raw in iter_lines(chunks):
+        if first:
+            raw, first = raw.removeprefix(b"\xef\xbb\xbf"), False
+        if not raw:
+            if data:
+                yield SSEEvent(event, "\n".join(data))
+            event, data, size = None, [], 0
+            continue
+        line = raw.decode("utf-8", "replace")
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data.append(value)
+            size += len(value)
+            if size > MAX_FRAME:
+                raise FrameTooLarge("upstream sent an SSE event larger than %d bytes" % MAX_FRAME)
+        elif name == "event":
+            event = value
+    if data:
+        yield SSEEvent(event, "\n".join(data))
+
+
+async def _chunks(parts: list[bytes]) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def _events(gen: AsyncIterator[SSEEvent]) -> tuple[list[tuple[str | None, str]], str | None]:
+    out: list[tuple[str | None, str]] = []
+    try:
+        async for e in gen:
+            out.append((e.event, e.data))
+    except FrameTooLarge as e:
+        return out, str(e)
+    return out, None
+
+
+def _cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)])]
+
+
+_PIECES = st.sampled_from([b"data: ", b"data:", b"event: ", b"event:x", b": comment", b"id: 7", b"retry: 5", b"\n", b"\r\n", b"\r",
+                           b"\xef\xbb\xbf", b"{\"a\": 1}", b"[DONE]", b"h\xc3\xa9", b"\xff", b" ", b"data: x\n\n", b"dat", b"a"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=40), st.lists(st.integers(min_value=0, max_value=10_000), max_size=8))
+def test_sse_in_one_loop_equals_sse_over_lines(pieces: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(pieces)
+    parts = _cut(data, cuts)
+    fused = asyncio.run(_events(iter_sse(_chunks(parts))))
+    general = asyncio.run(_events(reference_sse(_chunks(parts))))
+    assert fused == general
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_PIECES, max_size=30), st.integers(min_value=0, max_value=200))
+def test_sse_with_head_equals_sse_of_the_whole(pieces: list[bytes], split: int) -> None:
+    """Gemini reads the first bytes itself, then hands them to ``iter_sse`` as ``head``."""
+    data = b"".join(pieces)
+    head, rest = data[:split], data[split:]
+    with_head = asyncio.run(_events(iter_sse(_chunks([rest]), head)))
+    general = asyncio.run(_events(reference_sse(_chunks([head, rest]))))
+    assert with_head == general
+
+
+def test_an_overlong_line_fails_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The events before an unended line over MAX_FRAME are delivered, then the same error."""
+    import ccproxyd.streams as streams
+
+    monkeypatch.setattr(streams, "MAX_FRAME", 64)
+    parts = [b"data: one\n\ndata: two\n\n" + b"x" * 100, b"more\n\n"]
+    fused = asyncio.run(_events(iter_sse(_chunks(parts))))
+    general = asyncio.run(_events(reference_sse(_chunks(parts))))
+    assert fused == general == ([(None, "one"), (None, "two")], "upstream sent a line longer than 64 bytes")
+
+
+# ---------------------------------------------------------------- one write per upstream read
+
+_VOLATILE = re.compile(rb'("(?:id|created|created_at|responseId|system_fingerprint|\w*_duration)"\s*:\s*)("[^"]*"|\d+)')
+
+
+async def _body(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[bytes, int]:
+    """The whole answer, and how many reads the client needed for it."""
+    reads = 0
+    received = b""
+    async with session.post(url, json=body, headers={"authorization": f"Bearer {ACCESS_KEY}"}) as resp:
+        assert resp.status == 200, await resp.text()
+        async for chunk in resp.content.iter_any():
+            received += chunk
+            reads += 1
+    return _VOLATILE.sub(rb"\1-", received), reads
+
+
+@pytest.mark.parametrize("upstream_protocol", [p for p in PROTOCOLS])
+async def test_a_burst_and_a_paced_stream_give_the_same_bytes(start_upstream, start_proxy, upstream_protocol):
+    if upstream_protocol not in ADAPTERS:
+        pytest.skip(f"{upstream_protocol} adapter not available")
+    upstream = await start_upstream(upstream_protocol)
+    proxy = await start_proxy(proxy_config([upstream]))
+    text = "ABCDEFGHIJKL"  # a piece each
+    clients = [p for p in PROTOCOLS if p in ADAPTERS]
+    bodies = {}
+    async with aiohttp.ClientSession() as session:
+        for delay in (0.0, 0.02):
+            upstream.emulator.script(Reply(text=text, chunks=12, chunk_delay=delay))
+            for p in clients:
+                path, body = client_request(p, f"m-{upstream_protocol}")
+                bodies[(p, delay)] = await _body(session, proxy.url + path, body)
+    for p in clients:
+        burst, paced = bodies[(p, 0.0)][0], bodies[(p, 0.02)][0]
+        assert burst == paced, p
+        assert burst.count(b"L") == 1 and burst.index(b"K") < burst.index(b"L"), p
+
+
+# ---------------------------------------------------------------- the depth check's shortcut
+
+_JSON = st.recursive(st.none() | st.integers(min_value=-1000, max_value=1000) | st.text(alphabet="[]{}ab", max_size=4),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet="[{a", max_size=2), inner, max_size=3),
+                     max_leaves=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=3), _JSON, max_size=3), st.integers(min_value=1, max_value=12))
+def test_a_body_with_few_brackets_is_never_too_deep(body: dict, limit: int) -> None:
+    """read_json_body walks the body only when it has more brackets than the depth limit: with fewer it cannot nest deeper."""
+    import orjson
+
+    from ccproxyd.dispatch import _nests_deeper
+
+    raw = orjson.dumps(body)
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        assert not _nests_deeper(body, limit)
+
+
+# ---------------------------------------------------------------- the log line's time, formatted once per second
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=4e9, allow_nan=False), min_size=1, max_size=6))
+def test_the_log_time_is_loggings_own(times: list[float]) -> None:
+    import logging
+
+    from ccproxyd.observe import LogFormatter
+
+    ours, theirs = LogFormatter(), logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for t in sorted(times) + times:  # in order (the cached second reused) and back again
+        record = logging.LogRecord("ccproxyd.access", logging.INFO, "", 0, "line", None, None)
+        record.created, record.msecs = t, int((t - int(t)) * 1000)
+        assert ours.formatTime(record) == theirs.formatTime(record)
+        assert ours.format(record) == theirs.format(record)
+
+
+# ---------------------------------------------------------------- limit windows, their calendar computed once a minute
+
+def _windows_from_scratch(now: float) -> dict:
+    import calendar
+    import time
+
+    t = time.gmtime(now)
+    minute = int(now // 60)
+    day_end = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400
+    next_month = (t.tm_year + t.tm_mon // 12, t.tm_mon % 12 + 1)
+    month_end = calendar.timegm((*next_month, 1, 0, 0, 0))
+    return {
+        "minute": (f"m{minute}", (minute + 1) * 60 - now, 120),
+        "day": (f"d{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}", day_end - now, 2 * 86400),
+        "month": (f"M{t.tm_year:04d}{t.tm_mon:02d}", month_end - now, 32 * 86400),
+    }
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=4.1e9, allow_nan=False)
+                | st.integers(min_value=0, max_value=4_100_000_000).map(lambda s: float(s - s % 86400)),  # midnights
+                min_size=1, max_size=8))
+def test_limit_windows_are_the_calendars(times: list[float]) -> None:
+    """Midnights, month ends and the seconds just before them included; the cached minute reused and replaced."""
+    from ccproxyd.limits import windows
+
+    for now in [x for t in times for x in (t, t - 0.001, t + 59.999)] + times:
+        if now < 0:
+            continue
+        got = {k: (w.suffix, w.reset_in, w.ttl) for k, w in windows(now).items()}
+        assert got == _windows_from_scratch(now), now
+
+
+# ---------------------------------------------------------------- a non-streamed answer, taken whole
+
+from ccproxyd import ir  # noqa: E402
+from ccproxyd.config import parse_config  # noqa: E402
+from ccproxyd.dispatch import _guard, _raise_errors, _Whole  # noqa: E402
+from ccproxyd.paths import parse_path  # noqa: E402
+from ccproxyd.usage import UsageFiller  # noqa: E402
+
+_CONFIG = parse_config({"server": {"listen": "127.0.0.1:0", "stats": False},
+                        "providers": {"p": {"protocol": "openai", "base_url": "http://127.0.0.1:9/v1", "api_keys": ["sk-test-000000001"]}},
+                        "groups": {"default": {"models": {"m": ["p/m"]}}}}, "<test>", env={})
+_CLIENT_REQUESTS = {
+    "openai": ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+    "claude": ("/v1/messages", {"model": "m", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}),
+    "gemini": ("/v1beta/models/m:generateContent", {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+    "ollama": ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": False}),
+}
+_META = st.none() | st.just({"gemini": {"thought_signature": "c2ln"}}) | st.just({"openai": {}})
+_TEXT = st.text(alphabet="ab é\n{}", max_size=6)
+_ARGS = st.dictionaries(st.text(alphabet="abc_", max_size=3), st.none() | st.integers(-5, 5) | _TEXT | st.lists(st.integers(0, 3), max_size=2),
+                        max_size=3)
+_PART = st.one_of(
+    st.builds(ir.Text, _TEXT, _META),
+    st.builds(ir.Reasoning, _TEXT, st.none() | _TEXT, st.none() | _TEXT, _META),
+    st.builds(ir.ToolCall, st.text(alphabet="call_0123", min_size=1, max_size=8), st.text(alphabet="get_weather", min_size=1, max_size=8),
+              _ARGS | st.just({"_raw": "not json"}), _META),
+    st.builds(ir.Image, st.just("image/png"), st.just("aGk=")),
+)
+_COUNT = st.none() | st.integers(0, 10_000)
+_RESPONSE = st.builds(
+    ir.Response, st.sampled_from(["", "resp_1", "chatcmpl-x"]), st.sampled_from(["", "upstream-model"]), st.lists(_PART, max_size=5),
+    st.builds(ir.Finish, st.sampled_from(["stop", "length", "tool_calls", "content_filter", "other"]), st.none() | st.just("end_turn")),
+    st.builds(ir.Usage, _COUNT, _COUNT, _COUNT, st.none(), _COUNT, st.none() | st.just({"prompt_tokens": 3})),
+)
+
+
+async def _both_ways(resp: ir.Response, client_req: ir.Request) -> tuple[ir.Response, int, ir.Response, int]:
+    import copy
+
+    marks = [0, 0]
+
+    def filler(i: int) -> UsageFiller:
+        return UsageFiller(client_req, lambda: marks.__setitem__(i, marks[i] + 1))
+
+    general = await ir.collect(_raise_errors(_guard(ir.iterate(ir.response_events(copy.deepcopy(resp))), _CONFIG, filler(0))), client_req.model)
+    whole = _Whole(copy.deepcopy(resp), _CONFIG, filler(1)).collected(client_req.model)
+    return general, marks[0], whole, marks[1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_RESPONSE)
+def test_a_whole_answer_is_what_collecting_its_events_gives(resp: ir.Response) -> None:
+    """Same IR (usage estimate included, and whether it was marked estimated), and the same bytes from every client adapter."""
+    for protocol, (path, body) in _CLIENT_REQUESTS.items():
+        if protocol not in ADAPTERS:
+            continue
+        adapter = ADAPTERS[protocol]
+        route = parse_path("POST", path, {}, None)
+        client_req = adapter.decode_request(dict(body), route, {})
+        general, general_marks, whole, whole_marks = asyncio.run(_both_ways(resp, client_req))
+        assert whole == general
+        assert whole_marks == general_marks
+        import orjson
+
+        ours, theirs = (_VOLATILE.sub(rb"\1-", orjson.dumps(adapter.encode_response(r, client_req))) for r in (whole, general))
+        assert ours == theirs  # the ids and times an encoder makes up for an answer without them aside
