@@ -131,6 +131,20 @@ async def test_anthropic_text_document_stays_text_for_other_upstreams(start_upst
     assert "plain notes" in str(content) and "file" not in {p.get("type") for p in content if isinstance(p, dict)}
 
 
+async def test_a_pdf_inside_a_claude_tool_result_reaches_an_openai_upstream(start_upstream, start_proxy):
+    """Chat Completions tool messages take text only: the file follows them in a user message."""
+    emulator, proxy = await _proxy(start_upstream, start_proxy, "openai")
+    async with _anthropic(proxy) as client:
+        await client.messages.create(model="m-openai", max_tokens=200, tools=[{"name": "fetch", "input_schema": {"type": "object"}}], messages=[
+            {"role": "user", "content": "Fetch the report"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "fetch", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": [
+                {"type": "text", "text": "here it is"}, CLAUDE_DOCUMENT | {"title": "report.pdf"}]}]}])
+    messages = emulator.last.body["messages"]
+    assert messages[-2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "here it is"}
+    assert _sent_file("openai", emulator.last.body) == EXPECTED["openai"]
+
+
 # ---------------------------------------------------------------- Chat Completions and Gemini clients
 
 
@@ -152,6 +166,18 @@ async def test_gemini_pdf_inline_data_reaches_an_openai_upstream(start_upstream,
             answer = await r.json()
     assert answer["candidates"][0]["content"]["parts"][0]["text"] == "It is a one-page PDF."
     assert _sent_file("openai", emulator.last.body)["file"] == {"filename": "file.pdf", "file_data": PDF_URL}
+
+
+async def test_gemini_text_inline_data_becomes_text_for_a_claude_upstream(start_upstream, start_proxy):
+    emulator, proxy = await _proxy(start_upstream, start_proxy, "claude")
+    notes = base64.b64encode(b"meeting at noon").decode()
+    body = {"contents": [{"role": "user", "parts": [{"text": "Summarise"}, {"inlineData": {"mimeType": "text/plain", "data": notes}}]}]}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{proxy.url}/v1beta/models/m-claude:generateContent", json=body, headers={"x-goog-api-key": ACCESS_KEY}) as r:
+            assert r.status == 200, await r.text()
+    blocks = emulator.last.body["messages"][0]["content"]
+    assert [b["type"] for b in blocks] == ["text", "text"]
+    assert "meeting at noon" in blocks[1]["text"]
 
 
 # ---------------------------------------------------------------- where a file cannot go
