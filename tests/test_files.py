@@ -248,3 +248,19 @@ def test_estimate_tokens_counts_a_file_by_its_decoded_size():
     with_file = ir.Request("m", [ir.Message("user", [ir.Text("hi"), ir.File("application/pdf", data, "a.pdf")])])
     without = ir.Request("m", [ir.Message("user", [ir.Text("hi")])])
     assert ir.estimate_tokens(with_file) - ir.estimate_tokens(without) == 10_000
+
+
+@pytest.mark.parametrize("protocol", ["ollama", "openai"])
+async def test_input_tokens_with_a_pdf_counts_it_without_an_upstream_that_counts(start_upstream, start_proxy, protocol):
+    """Neither upstream has a counting endpoint: ccproxyd estimates, the file by its decoded size."""
+    emulator, proxy = await _proxy(start_upstream, start_proxy, protocol)
+    big = base64.b64encode(b"x" * 40_000).decode()
+    async with aiohttp.ClientSession() as s:
+        async def count(content: list) -> int:
+            async with s.post(f"{proxy.url}/v1/responses/input_tokens", headers={"authorization": f"Bearer {ACCESS_KEY}"},
+                              json={"model": f"m-{protocol}", "input": [{"role": "user", "content": content}]}) as r:
+                assert r.status == 200, await r.text()
+                return (await r.json())["input_tokens"]
+        text = [{"type": "input_text", "text": "Read"}]
+        with_file = await count(text + [{"type": "input_file", "filename": "big.pdf", "file_data": f"data:application/pdf;base64,{big}"}])
+        assert with_file - await count(text) == 10_000

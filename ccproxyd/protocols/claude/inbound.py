@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from ... import ir
 from ...errors import ClientError
-from .. import carry
+from .. import carry, files
 from ..fields import check, integer, number, opt, req, split_data_url, string_list
 from .wire import BETA_KEY, CLAUDE_THINKING, SERVER_TOOLS_KEY, TOOL_FIELDS_KEY
 
@@ -178,7 +178,10 @@ def _decode_document(block: dict[str, Any], at: str) -> ir.Part:
     if source.get("type") == "base64":
         media_type = req(source, "media_type", str, at + ".source.")
         if not media_type.startswith("image/"):
-            return ir.File(media_type, req(source, "data", str, at + ".source."), opt(block, "title", str, at + "."), meta)
+            part = files.decode_file(media_type, req(source, "data", str, at + ".source."), opt(block, "title", str, at + "."), at + ".source.data")
+            if isinstance(part, ir.File):
+                part.provider_metadata = meta
+            return part
     return _decode_source(source, at + ".source", meta)
 
 
