@@ -40,6 +40,17 @@ class Image:
 
 
 @dataclass(slots=True)
+class File:
+    """A document given inline (base64 ``data``): a PDF or another binary file. Images stay :class:`Image`
+    and text files become :class:`Text` when decoded; adapters without a file slot refuse it with a 400."""
+
+    media_type: str
+    data: str
+    filename: str | None = None
+    provider_metadata: dict[str, dict[str, Any]] | None = None
+
+
+@dataclass(slots=True)
 class ToolCall:
     id: str
     name: str
@@ -67,7 +78,7 @@ class Reasoning:
     provider_metadata: dict[str, dict[str, Any]] | None = None
 
 
-Part = Union[Text, Image, ToolCall, ToolResult, Reasoning]
+Part = Union[Text, Image, File, ToolCall, ToolResult, Reasoning]
 
 
 @dataclass(slots=True)
@@ -560,6 +571,8 @@ def estimate_tokens(req: Request) -> int:
                 chars += len(text_of(part.content)) + 8
             elif isinstance(part, Image):
                 chars += 1600 * 4  # images cost ~1.6k tokens on the common providers
+            elif isinstance(part, File):
+                chars += len(part.data) * 3 // 4  # a file counts by its decoded size: a byte a character
     for tool in req.tools:
         chars += len(tool.name) + len(tool.description) + len(orjson.dumps(tool.parameters))
     return max(1, chars // 4)

@@ -77,13 +77,13 @@ def render_call(name: str, arguments: dict[str, Any]) -> str:
 
 
 def render_result(result: ir.ToolResult, name: str) -> list[ir.Part]:
-    """A result block linked to its call by name and id; images stay images, inside the block."""
+    """A result block linked to its call by name and id; images and files stay themselves, inside the block."""
     error = ' error="true"' if result.is_error else ""
     head = f'<tool_response name="{escape(name)}" id="{escape(result.call_id)}"{error}>\n'
     parts: list[ir.Part] = []
     text = head
     for part in result.content:
-        if isinstance(part, ir.Image):
+        if isinstance(part, (ir.Image, ir.File)):
             parts.append(ir.Text(text))
             parts.append(part)
             text = "\n"

@@ -14,7 +14,7 @@ from ..errors import ClientError, ProxyError, UpstreamError
 from ..ir_embed import EmbedRequest, EmbedResponse
 from ..paths import Route
 from ..streams import iter_sse, sse_frame
-from . import carry, openai_completions, openai_embed
+from . import carry, files, openai_completions, openai_embed
 from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget, bearer_headers
 from ..toolnames import ToolNameRule
 from .fields import check, integer, number, opt, req, split_data_url, string_list
@@ -72,9 +72,15 @@ def _decode_content(content: Any, path: str) -> list[ir.Part]:
             image = req(item, "image_url", (dict, str), at + ".")
             url = image if isinstance(image, str) else req(image, "url", str, at + ".image_url.")
             parts.append(_image_from_url(url))
+        elif kind == "file":
+            parts.append(_decode_file(req(item, "file", dict, at + "."), at + ".file"))
         else:
-            raise ClientError(f"{at}.type {kind!r} is not supported (text, image_url)", param=f"{at}.type")
+            raise ClientError(f"{at}.type {kind!r} is not supported (text, image_url, file)", param=f"{at}.type")
     return parts
+
+
+def _decode_file(file: dict[str, Any], at: str) -> ir.Part:
+    return files.decode_data_url(opt(file, "file_data", str, at + "."), opt(file, "filename", str, at + "."), at, "file_id")
 
 
 def _image_from_url(url: str) -> ir.Image:
@@ -223,6 +229,10 @@ def _encode_content(parts: list[ir.Part]) -> str | list[dict[str, Any]]:
             out.append({"type": "text", "text": p.text})
         elif isinstance(p, ir.Image):
             out.append({"type": "image_url", "image_url": {"url": _image_url(p)}})
+        elif isinstance(p, ir.File):
+            if p.media_type != files.PDF:  # "Chat Completions accepts only PDF files as file content parts"
+                raise files.refuse(p, "OpenAI Chat Completions", "PDF files only")
+            out.append({"type": "file", "file": {"filename": files.filename(p), "file_data": files.data_url(p)}})
     return out
 
 
@@ -250,7 +260,7 @@ def _encode_messages(req: ir.Request) -> list[dict[str, Any]]:
                 if isinstance(p, ir.ToolResult):
                     text = ir.text_of(p.content)
                     out.append({"role": "tool", "tool_call_id": p.call_id, "content": f"Error: {text}" if p.is_error and not text.startswith("Error") else text})
-                    rest.extend(i for i in p.content if isinstance(i, ir.Image))
+                    rest.extend(i for i in p.content if isinstance(i, (ir.Image, ir.File)))
                 else:
                     rest.append(p)
             if rest:

@@ -104,9 +104,13 @@ class OpenAIEmulator(Emulator):
                     pending.add(call["id"])
             content = msg.get("content")
             if isinstance(content, list):
-                for part in content:
+                for j, part in enumerate(content):
                     if part.get("type") not in ("text", "image_url", "input_audio", "file", "refusal"):
                         return f"Invalid value: '{part.get('type')}'. messages[{i}].content[].type"
+                    if part["type"] == "file":
+                        problem = _file_problem(part.get("file"), f"messages[{i}].content[{j}].file")
+                        if problem:
+                            return problem
         if pending:
             return "An assistant message with 'tool_calls' must be followed by tool messages responding to each 'tool_call_id'."
         if "stream_options" in body and not body.get("stream"):
@@ -232,3 +236,20 @@ class OpenAIEmulator(Emulator):
 def _split(text: str, n: int) -> list[str]:
     size = max(1, -(-len(text) // n))
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _file_problem(file: object, at: str) -> str | None:
+    """A ``file`` content part: ``file_id`` or ``file_data`` (+ ``filename``); Chat Completions reads PDFs only
+    ("Chat Completions accepts only PDF files as file content parts", the file-inputs guide)."""
+    if not isinstance(file, dict):
+        return f"Missing required parameter: '{at}'."
+    if "file_id" in file:
+        return None if isinstance(file["file_id"], str) else f"Invalid type for '{at}.file_id': expected a string."
+    data = file.get("file_data")
+    if not isinstance(data, str):
+        return f"Missing required parameter: '{at}.file_data' or '{at}.file_id'."
+    if not data.startswith("data:application/pdf;base64,"):
+        return f"Invalid value for '{at}.file_data': only PDF files are supported, as a base64 data URL."
+    if not isinstance(file.get("filename"), str) or not file["filename"]:
+        return f"Missing required parameter: '{at}.filename'."
+    return None

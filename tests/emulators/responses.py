@@ -62,6 +62,11 @@ class ResponsesEmulator(Emulator):
             kind = item.get("type") or ("message" if "role" in item else None)
             if kind == "message" and item.get("role") not in ("user", "assistant", "system", "developer"):
                 return f"Invalid value: '{item.get('role')}'. Supported values are: 'assistant', 'system', 'developer', and 'user'.", f"input[{i}].role"
+            if kind == "message" and isinstance(item.get("content"), list):
+                for j, part in enumerate(item["content"]):
+                    problem = _part_problem(part, f"input[{i}].content[{j}]")
+                    if problem:
+                        return problem, f"input[{i}].content[{j}]"
             if kind == "function_call":
                 if not isinstance(item.get("arguments"), str):
                     return f"Invalid type for 'input[{i}].arguments': expected a string.", f"input[{i}].arguments"
@@ -198,3 +203,25 @@ class ResponsesEmulator(Emulator):
         final = self.response(body, reply, rid, done, "completed")
         await send("response.completed" if final["status"] == "completed" else "response.incomplete", response=final)
         return resp
+
+
+def _part_problem(part: object, at: str) -> str | None:
+    """A message content part: input_text, input_image, input_file, output_text, refusal. An ``input_file``
+    gives ``file_id``, ``file_url`` or ``file_data`` (a base64 data URL, with its ``filename``)."""
+    if not isinstance(part, dict):
+        return f"Invalid type for '{at}': expected an object."
+    kind = part.get("type")
+    if kind not in ("input_text", "input_image", "input_file", "output_text", "refusal"):
+        return f"Invalid value: '{kind}'. Supported values are: 'input_text', 'input_image', 'output_text', 'refusal', and 'input_file'."
+    if kind != "input_file":
+        return None
+    if not any(isinstance(part.get(k), str) for k in ("file_id", "file_url", "file_data")):
+        return f"Missing required parameter: one of '{at}.file_id', '{at}.file_url' or '{at}.file_data'."
+    data = part.get("file_data")
+    if isinstance(data, str):
+        head, sep, _ = data.partition(",")
+        if not (data.startswith("data:") and sep and head.endswith(";base64")):
+            return f"Invalid value for '{at}.file_data': expected a base64 data URL."
+        if not isinstance(part.get("filename"), str) or not part["filename"]:
+            return f"Missing required parameter: '{at}.filename'."
+    return None

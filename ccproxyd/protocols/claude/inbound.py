@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from ... import ir
 from ...errors import ClientError
-from .. import carry
+from .. import carry, files
 from ..fields import check, integer, number, opt, req, split_data_url, string_list
 from .wire import BETA_KEY, CLAUDE_THINKING, SERVER_TOOLS_KEY, TOOL_FIELDS_KEY
 
@@ -166,7 +166,8 @@ def _decode_source(source: dict[str, Any], at: str, meta: dict[str, dict[str, An
 
 
 def _decode_document(block: dict[str, Any], at: str) -> ir.Part:
-    """PDFs become inline-data parts (other providers read PDFs as such); plain-text documents become text."""
+    """Base64 PDFs become file parts (other providers read PDFs as such), plain-text documents text; the
+    block's other fields (title, context, citations, cache_control) stay for a Claude upstream."""
     source = req(block, "source", dict, at + ".")
     extra = {k: v for k, v in block.items() if k not in ("type", "source")}
     meta = {"claude": {"document": extra}}
@@ -174,6 +175,13 @@ def _decode_document(block: dict[str, Any], at: str) -> ir.Part:
         return ir.Text(req(source, "data", str, at + ".source."), {"claude": {"document": extra, "media_type": source.get("media_type", "text/plain")}})
     if source.get("type") in ("content", "file"):  # block documents, Files API ids: only Claude understands them
         return _opaque(block)
+    if source.get("type") == "base64":
+        media_type = req(source, "media_type", str, at + ".source.")
+        if not media_type.startswith("image/"):
+            part = files.decode_file(media_type, req(source, "data", str, at + ".source."), opt(block, "title", str, at + "."), at + ".source.data")
+            if isinstance(part, ir.File):
+                part.provider_metadata = meta
+            return part
     return _decode_source(source, at + ".source", meta)
 
 

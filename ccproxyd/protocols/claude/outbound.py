@@ -33,6 +33,7 @@ from __future__ import annotations
 from typing import Any
 
 from ... import ir
+from .. import files
 from ..base import UpstreamCall, UpstreamTarget
 from ..fields import split_data_url
 from .wire import (
@@ -175,6 +176,8 @@ def _blocks(part: ir.Part, role: str) -> list[dict[str, Any]]:
         return _text_blocks(part)
     if isinstance(part, ir.Image):
         return [_image_block(part)]
+    if isinstance(part, ir.File):
+        return [_document_block(part)]
     if isinstance(part, ir.ToolCall) and role == "assistant":
         return [{"type": "tool_use", "id": safe_tool_id(part.id), "name": part.name, "input": part.arguments, **_extra(part.provider_metadata)}]
     if isinstance(part, ir.ToolResult) and role == "user":
@@ -219,9 +222,18 @@ def _image_block(part: ir.Image) -> dict[str, Any]:
     return {"type": "image", "source": source, **_extra(part.provider_metadata)}
 
 
+def _document_block(part: ir.File) -> dict[str, Any]:
+    """Claude reads PDFs (base64) and plain text; text files arrive here already as text (see files.py)."""
+    if part.media_type != files.PDF:
+        raise files.refuse(part, "Claude", "PDF documents, plain text and images")
+    meta = claude_meta(part.provider_metadata)
+    extra = meta["document"] if "document" in meta else ({"title": part.filename} if part.filename else {})
+    return {"type": "document", "source": {"type": "base64", "media_type": part.media_type, "data": part.data}, **extra}
+
+
 def _tool_result_block(part: ir.ToolResult) -> dict[str, Any]:
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": safe_tool_id(part.call_id)}
-    content = [b for p in part.content if isinstance(p, (ir.Text, ir.Image)) for b in _blocks(p, "user")]
+    content = [b for p in part.content if isinstance(p, (ir.Text, ir.Image, ir.File)) for b in _blocks(p, "user")]
     if content:
         block["content"] = content
     if part.is_error:

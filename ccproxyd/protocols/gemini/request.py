@@ -15,7 +15,7 @@ import orjson
 
 from ... import ir
 from ...errors import ClientError
-from .. import carry
+from .. import carry, files
 from . import schema
 from .wire import (
     JSON_SCHEMA_TOOLS_KEY,
@@ -160,11 +160,15 @@ def _name(obj: dict[str, Any], at: str) -> str:
     return name
 
 
-def _decode_blob(blob: dict[str, Any], at: str) -> ir.Image:
+def _decode_blob(blob: dict[str, Any], at: str) -> ir.Part:
+    """Images stay images; a PDF or another file becomes a file part, a text file text (see files.py)."""
     data = opt(blob, "data", str, at)
     if not data:
         raise ClientError(f"{at}data is required", param=at + "data")
-    return ir.Image(media_type=opt(blob, "mimeType", str, at), data=data)
+    mime = opt(blob, "mimeType", str, at)
+    if mime is None or mime.startswith("image/"):
+        return ir.Image(media_type=mime, data=data)
+    return files.decode_file(mime, data, opt(blob, "displayName", str, at), at + "data")
 
 
 def _decode_function_response(fr: dict[str, Any], at: str) -> ir.ToolResult:
@@ -374,6 +378,8 @@ def _encode_part(part: ir.Part, role: str, names: dict[str, str]) -> list[dict[s
         return _encode_tool_result(part, names)
     elif isinstance(part, ir.Image):
         return [_encode_image(part)]
+    elif isinstance(part, ir.File):
+        return [_encode_file(part)]
     else:
         return []
     if sig:
@@ -402,7 +408,13 @@ def _encode_tool_result(result: ir.ToolResult, names: dict[str, str]) -> list[di
         call["id"] = result.call_id
     parts = [{"functionResponse": call}]
     parts.extend(_encode_image(p) for p in result.content if isinstance(p, ir.Image))
+    parts.extend(_encode_file(p) for p in result.content if isinstance(p, ir.File))
     return parts
+
+
+def _encode_file(file: ir.File) -> dict[str, Any]:
+    """Gemini reads PDFs (and the other types it documents) as inline data with the file's own MIME type."""
+    return {"inlineData": {"mimeType": file.media_type, "data": file.data}}
 
 
 def _encode_image(image: ir.Image) -> dict[str, Any]:

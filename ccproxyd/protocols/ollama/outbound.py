@@ -12,6 +12,7 @@ from typing import Any
 
 from ... import ir
 from ...errors import ClientError
+from .. import files
 from ..base import UpstreamCall, UpstreamTarget
 from .wire import tool_call_to_wire
 
@@ -83,6 +84,8 @@ def _messages(msg: ir.Message) -> list[dict[str, Any]]:
                 texts.append(part.text)
         elif isinstance(part, ir.Image):
             images.append(image_base64(part))
+        elif isinstance(part, ir.File):
+            raise files.refuse(part, "Ollama", "text and images only")
         elif isinstance(part, ir.Reasoning):
             if part.text and msg.role == "assistant":  # redacted thinking has no text Ollama could use
                 thinking.append(part.text)
@@ -103,6 +106,9 @@ def _tool_result(result: ir.ToolResult) -> dict[str, Any]:
     m: dict[str, Any] = {"role": "tool", "content": text, "tool_name": result.name}
     if result.call_id:
         m["tool_call_id"] = result.call_id  # newer Ollama pairs results by id; older ones ignore it
+    for part in result.content:
+        if isinstance(part, ir.File):
+            raise files.refuse(part, "Ollama", "text and images only")
     images = [image_base64(p) for p in result.content if isinstance(p, ir.Image)]
     if images:
         m["images"] = images

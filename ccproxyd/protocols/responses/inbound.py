@@ -11,16 +11,12 @@ only reach a Responses upstream.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from typing import Any, Callable, Mapping
 
-import orjson
-
 from ... import ir
 from ...errors import ClientError
-from .. import carry
+from .. import carry, files
 from ..fields import check, integer, number, opt, req, split_data_url
 from . import wire
 
@@ -207,20 +203,8 @@ def _content(content: Any, at: str) -> list[ir.Part]:
 
 
 def _file(part: dict[str, Any], where: str) -> ir.Part:
-    """Files the unified model can carry: images (to every upstream) and text files (as text)."""
-    data = opt(part, "file_data", str, where + ".")
-    inline = split_data_url(data) if data else None
-    if inline and inline[0].startswith("image/"):
-        return ir.Image(inline[0], inline[1])
-    if inline and (inline[0].startswith("text/") or inline[0] in ("application/json", "application/xml")):
-        try:
-            text = base64.b64decode(inline[1], validate=True).decode("utf-8", "replace")
-        except binascii.Error:
-            raise ClientError(f"{where}.file_data is not valid base64", param=f"{where}.file_data") from None
-        name = opt(part, "filename", str, where + ".") or "file"
-        return ir.Text(f"<file name={orjson.dumps(name).decode()}>\n{text}\n</file>")
-    kind = inline[0] if inline else "given by file_id or file_url"
-    raise ClientError(f"{where}: input_file ({kind}) cannot be passed on; ccproxyd takes images and text files as data URLs", param=f"{where}.file_data")
+    """An inline file (``file_data`` data URL): an image, a text file (as text) or a document (see files.py)."""
+    return files.decode_data_url(opt(part, "file_data", str, where + "."), opt(part, "filename", str, where + "."), where, "file_id or file_url")
 
 
 # ---------------------------------------------------------------- tools

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from ... import ir
+from .. import files
 from ..base import UpstreamCall, UpstreamTarget
 from . import wire
 
@@ -95,17 +96,19 @@ def _items(req: ir.Request) -> list[dict[str, Any]]:
                     text = ir.text_of(p.content)
                     items.append({"type": "function_call_output", "call_id": p.call_id,
                                   "output": f"Error: {text}" if p.is_error and not text.startswith("Error") else text})
-                    rest.extend(i for i in p.content if isinstance(i, ir.Image))
+                    rest.extend(i for i in p.content if isinstance(i, (ir.Image, ir.File)))
                 else:
                     rest.append(p)
             if rest:
-                items.append({"type": "message", "role": "user", "content": [_input_part(p) for p in rest if isinstance(p, (ir.Text, ir.Image))]})
+                items.append({"type": "message", "role": "user", "content": [_input_part(p) for p in rest if isinstance(p, (ir.Text, ir.Image, ir.File))]})
     return items
 
 
-def _input_part(part: ir.Text | ir.Image) -> dict[str, Any]:
+def _input_part(part: ir.Text | ir.Image | ir.File) -> dict[str, Any]:
     if isinstance(part, ir.Text):
         return {"type": "input_text", "text": part.text}
+    if isinstance(part, ir.File):
+        return {"type": "input_file", "filename": files.filename(part), "file_data": files.data_url(part)}
     url = f"data:{part.media_type or 'image/png'};base64,{part.data}" if part.data is not None else part.url or ""
     return {"type": "input_image", "image_url": url, "detail": "auto"}
 
