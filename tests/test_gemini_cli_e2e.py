@@ -1,5 +1,5 @@
 """The real gemini-cli (``gemini -p``, npm ``@google/gemini-cli``) through a ccproxyd process to a
-Chat Completions emulator, with a shell-tool round trip.
+Chat Completions emulator and to an Anthropic Messages emulator, with a shell-tool round trip.
 
 gemini-cli speaks the Gemini API; ``GOOGLE_GEMINI_BASE_URL`` points it at ccproxyd and
 ``GEMINI_API_KEY`` carries the access key (auth type ``gemini-api-key``). Usage statistics,
@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import ACCESS_KEY, proxy_config
 from tests.e2e_clients import find_client, run_client, skip_reason
 from tests.emulators.base import Reply, ToolCallScript
+from tests.emulators.claude import ClaudeEmulator
 from tests.emulators.openai import OpenAIEmulator
 
 GEMINI = find_client("CCPROXY_TEST_GEMINI_CLI", "gemini")
@@ -38,15 +39,22 @@ class ShellRoundTrip(OpenAIEmulator):
         return Reply(text="no shell tool offered")
 
 
-async def test_gemini_cli_runs_a_shell_command_through_ccproxyd(aiohttp_server, run_daemon, tmp_path):
-    emulator = ShellRoundTrip()
-    server = await aiohttp_server(emulator.app)
-    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
-    config["providers"] = {"chat": {"protocol": "openai", "base_url": str(server.make_url("/v1")).rstrip("/"),
-                                    "api_keys": ["sk-upstream"]}}
-    config["groups"] = {"default": {"models": {"m-gemini": ["chat/upstream-chat-model"]}}}
-    daemon = run_daemon(config)
+class ClaudeShellRoundTrip(ClaudeEmulator):
+    """The same conversation from an Anthropic upstream: tool_use, then an answer from the tool_result."""
 
+    def next_reply(self) -> Reply:
+        body = self.last.body
+        results = [b for m in body["messages"] if isinstance(m["content"], list) for b in m["content"] if b["type"] == "tool_result"]
+        if results:
+            said = "hello" if "hello from a.txt" in json.dumps(results) else "nothing"
+            return Reply(text=f"The file says {said}.")
+        if "run_shell_command" in {t["name"] for t in body.get("tools") or ()}:
+            return Reply(text="", tool_calls=[ToolCallScript("run_shell_command", {"command": "cat a.txt"}, "toolu_shell_1")])
+        return Reply(text="no shell tool offered")
+
+
+async def ask_gemini_cli(daemon, tmp_path):
+    """Run ``gemini -p`` against the daemon in a directory holding a.txt; its settings keep it off the internet."""
     home, work = tmp_path / "home", tmp_path / "work"
     (home / ".gemini").mkdir(parents=True)
     work.mkdir()
@@ -66,6 +74,18 @@ async def test_gemini_cli_runs_a_shell_command_through_ccproxyd(aiohttp_server, 
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     assert "The file says hello." in proc.stdout
 
+
+async def test_gemini_cli_runs_a_shell_command_through_ccproxyd(aiohttp_server, run_daemon, tmp_path):
+    emulator = ShellRoundTrip()
+    server = await aiohttp_server(emulator.app)
+    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
+    config["providers"] = {"chat": {"protocol": "openai", "base_url": str(server.make_url("/v1")).rstrip("/"),
+                                    "api_keys": ["sk-upstream"]}}
+    config["groups"] = {"default": {"models": {"m-gemini": ["chat/upstream-chat-model"]}}}
+    daemon = run_daemon(config)
+
+    await ask_gemini_cli(daemon, tmp_path)
+
     chats = [r.body for r in emulator.received]
     assert len(chats) == 2 and all(c["model"] == "upstream-chat-model" and c["stream"] is True for c in chats)
     first, last = chats[0], chats[-1]
@@ -75,3 +95,22 @@ async def test_gemini_cli_runs_a_shell_command_through_ccproxyd(aiohttp_server, 
     assert call["function"]["name"] == "run_shell_command" and json.loads(call["function"]["arguments"]) == {"command": "cat a.txt"}
     assert result["tool_call_id"] == call["id"]
     assert "hello from a.txt" in result["content"]
+
+
+async def test_gemini_cli_shell_round_trip_to_an_anthropic_upstream(aiohttp_server, run_daemon, tmp_path):
+    emulator = ClaudeShellRoundTrip()
+    server = await aiohttp_server(emulator.app)
+    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
+    config["providers"] = {"anthropic": {"protocol": "claude", "base_url": str(server.make_url("")).rstrip("/"),
+                                         "api_keys": ["sk-upstream"]}}
+    config["groups"] = {"default": {"models": {"m-gemini": ["anthropic/upstream-claude-model"]}}}
+    await ask_gemini_cli(run_daemon(config), tmp_path)
+
+    sent = [r.body for r in emulator.received]
+    assert len(sent) == 2 and all(b["model"] == "upstream-claude-model" and b["stream"] is True for b in sent)
+    use = next(b for m in sent[1]["messages"] if m["role"] == "assistant" for b in m["content"] if b["type"] == "tool_use")
+    result = next(b for m in sent[1]["messages"] if m["role"] == "user" and isinstance(m["content"], list)
+                  for b in m["content"] if b["type"] == "tool_result")
+    assert use["name"] == "run_shell_command" and use["input"] == {"command": "cat a.txt"}
+    assert result["tool_use_id"] == use["id"]
+    assert "hello from a.txt" in json.dumps(result["content"])
