@@ -1,8 +1,8 @@
 """The real opencode (``opencode run``, npm ``opencode-ai``) through a ccproxyd process to a
-Responses API emulator, with a bash-tool round trip.
+Responses API emulator and to a Gemini emulator, with a bash-tool round trip.
 
-opencode reaches ccproxyd as a custom Anthropic provider (``@ai-sdk/anthropic`` with
-``options.baseURL``) given in ``OPENCODE_CONFIG``; the models.dev fetch, auto-update, sharing,
+opencode reaches ccproxyd as a custom provider (``@ai-sdk/anthropic``, or
+``@ai-sdk/openai-compatible``, with ``options.baseURL``) given in ``OPENCODE_CONFIG``; the models.dev fetch, auto-update, sharing,
 default plugins and LSP downloads are off, and its data/config/cache dirs are the test's.
 Skipped when opencode is not installed: ``make e2e`` installs it (into ``.e2e/``) and runs this test.
 """
@@ -17,6 +17,7 @@ import pytest
 from tests.conftest import ACCESS_KEY, proxy_config
 from tests.e2e_clients import find_client, run_client, skip_reason
 from tests.emulators.base import Reply, ToolCallScript
+from tests.emulators.gemini import GeminiEmulator
 from tests.emulators.responses import ResponsesEmulator
 
 OPENCODE = find_client("CCPROXY_TEST_OPENCODE", "opencode")
@@ -40,15 +41,23 @@ class BashRoundTrip(ResponsesEmulator):
         return Reply(text="Reading a.txt")
 
 
-async def test_opencode_run_uses_bash_through_ccproxyd(aiohttp_server, run_daemon, tmp_path):
-    emulator = BashRoundTrip()
-    server = await aiohttp_server(emulator.app)
-    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
-    config["providers"] = {"resp": {"protocol": "responses", "base_url": str(server.make_url("/v1")).rstrip("/"),
-                                    "api_keys": ["sk-upstream"]}}
-    config["groups"] = {"default": {"models": {"m-opencode": ["resp/upstream-responses-model"]}}}
-    daemon = run_daemon(config)
+class GeminiBashRoundTrip(GeminiEmulator):
+    """The same conversation from a Gemini upstream: a functionCall, then an answer from the functionResponse."""
 
+    def next_reply(self) -> Reply:
+        body = self.last.body
+        results = [p["functionResponse"] for c in body["contents"] for p in c["parts"] if "functionResponse" in p]
+        if results:
+            said = "hello" if "hello from a.txt" in json.dumps(results) else "nothing"
+            return Reply(text=f"The file says {said}.")
+        names = {d["name"] for t in body.get("tools") or () for d in t.get("functionDeclarations") or ()}
+        if "bash" in names:
+            return Reply(text="", tool_calls=[ToolCallScript("bash", {"command": "cat a.txt", "description": "Show a.txt"})])
+        return Reply(text="Reading a.txt")
+
+
+async def run_opencode(daemon, tmp_path, npm: str, base_url: str) -> None:
+    """Run ``opencode run`` against the daemon, as provider package ``npm``, in a directory holding a.txt."""
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir()
     work.mkdir()
@@ -58,8 +67,8 @@ async def test_opencode_run_uses_bash_through_ccproxyd(aiohttp_server, run_daemo
         "autoupdate": False, "share": "disabled", "permission": {"bash": "allow"},
         "model": "ccproxy/m-opencode", "small_model": "ccproxy/m-opencode",
         "provider": {"ccproxy": {
-            "npm": "@ai-sdk/anthropic", "name": "ccproxyd",
-            "options": {"baseURL": f"{daemon.url}/v1", "apiKey": ACCESS_KEY},
+            "npm": npm, "name": "ccproxyd",
+            "options": {"baseURL": base_url, "apiKey": ACCESS_KEY},
             "models": {"m-opencode": {"name": "ccproxyd m-opencode", "tool_call": True}},
         }},
     }))
@@ -70,10 +79,23 @@ async def test_opencode_run_uses_bash_through_ccproxyd(aiohttp_server, run_daemo
         "OPENCODE_DISABLE_AUTOUPDATE": "1", "OPENCODE_DISABLE_MODELS_FETCH": "1", "OPENCODE_DISABLE_SHARE": "1",
         "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1", "OPENCODE_DISABLE_LSP_DOWNLOAD": "1", "OPENCODE_DISABLE_CLAUDE_CODE": "1",
         "OPENCODE_DISABLE_EXTERNAL_SKILLS": "1", "NO_COLOR": "1",
+        "npm_config_offline": "true", "npm_config_registry": "http://127.0.0.1:9/",  # its plugin install stays local
     }
     proc = await run_client([OPENCODE, "run", "--model", "ccproxy/m-opencode", "What does a.txt say?"], env, work, timeout=180)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
     assert "The file says hello." in proc.stdout
+
+
+async def test_opencode_run_uses_bash_through_ccproxyd(aiohttp_server, run_daemon, tmp_path):
+    emulator = BashRoundTrip()
+    server = await aiohttp_server(emulator.app)
+    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
+    config["providers"] = {"resp": {"protocol": "responses", "base_url": str(server.make_url("/v1")).rstrip("/"),
+                                    "api_keys": ["sk-upstream"]}}
+    config["groups"] = {"default": {"models": {"m-opencode": ["resp/upstream-responses-model"]}}}
+    daemon = run_daemon(config)
+
+    await run_opencode(daemon, tmp_path, "@ai-sdk/anthropic", f"{daemon.url}/v1")
 
     agent = [r.body for r in emulator.received if "bash" in {t.get("name") for t in r.body.get("tools") or ()}]
     assert len(agent) == 2 and all(b["model"] == "upstream-responses-model" and b["stream"] is True for b in agent)
@@ -82,3 +104,22 @@ async def test_opencode_run_uses_bash_through_ccproxyd(aiohttp_server, run_daemo
     assert call["name"] == "bash" and json.loads(call["arguments"])["command"] == "cat a.txt"
     assert result["call_id"] == call["call_id"] == "call_bash_1"
     assert "hello from a.txt" in result["output"]
+
+
+async def test_opencode_openai_compatible_provider_to_a_gemini_upstream(aiohttp_server, run_daemon, tmp_path):
+    emulator = GeminiBashRoundTrip()
+    server = await aiohttp_server(emulator.app)
+    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
+    config["providers"] = {"google": {"protocol": "gemini", "base_url": str(server.make_url("")).rstrip("/"),
+                                      "api_keys": ["sk-upstream"]}}
+    config["groups"] = {"default": {"models": {"m-opencode": ["google/gemini-2.5-flash"]}}}
+    daemon = run_daemon(config)
+    await run_opencode(daemon, tmp_path, "@ai-sdk/openai-compatible", f"{daemon.url}/v1")
+
+    agent = [r for r in emulator.received if "bash" in json.dumps(r.body.get("tools") or [])]
+    assert len(agent) == 2 and all(r.path.endswith("/gemini-2.5-flash:streamGenerateContent") for r in agent)
+    parts = [p for c in agent[1].body["contents"] for p in c["parts"]]
+    call = next(p["functionCall"] for p in parts if "functionCall" in p)
+    result = next(p["functionResponse"] for p in parts if "functionResponse" in p)
+    assert call["name"] == result["name"] == "bash" and call["args"]["command"] == "cat a.txt"
+    assert "hello from a.txt" in json.dumps(result["response"])
