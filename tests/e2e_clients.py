@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -34,3 +36,10 @@ async def run_client(args: list[str], env: dict[str, str], cwd: Path, timeout: f
         proc.kill()
         out, err = await proc.communicate()
     return subprocess.CompletedProcess(args, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+async def inbound_protocols(daemon) -> set[str]:
+    """Stop the daemon and read from its request log which client protocols it was spoken to in."""
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(daemon.proc.wait, 30) == 0
+    return set(re.findall(r" (\S+) chat group=", daemon.proc.stderr.read()))

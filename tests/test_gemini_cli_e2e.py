@@ -15,7 +15,7 @@ import os
 import pytest
 
 from tests.conftest import ACCESS_KEY, proxy_config
-from tests.e2e_clients import find_client, run_client, skip_reason
+from tests.e2e_clients import find_client, inbound_protocols, run_client, skip_reason
 from tests.emulators.base import Reply, ToolCallScript
 from tests.emulators.claude import ClaudeEmulator
 from tests.emulators.openai import OpenAIEmulator
@@ -83,8 +83,8 @@ async def test_gemini_cli_runs_a_shell_command_through_ccproxyd(aiohttp_server, 
                                     "api_keys": ["sk-upstream"]}}
     config["groups"] = {"default": {"models": {"m-gemini": ["chat/upstream-chat-model"]}}}
     daemon = run_daemon(config)
-
     await ask_gemini_cli(daemon, tmp_path)
+    assert await inbound_protocols(daemon) == {"gemini"}
 
     chats = [r.body for r in emulator.received]
     assert len(chats) == 2 and all(c["model"] == "upstream-chat-model" and c["stream"] is True for c in chats)
@@ -104,7 +104,9 @@ async def test_gemini_cli_shell_round_trip_to_an_anthropic_upstream(aiohttp_serv
     config["providers"] = {"anthropic": {"protocol": "claude", "base_url": str(server.make_url("")).rstrip("/"),
                                          "api_keys": ["sk-upstream"]}}
     config["groups"] = {"default": {"models": {"m-gemini": ["anthropic/upstream-claude-model"]}}}
-    await ask_gemini_cli(run_daemon(config), tmp_path)
+    daemon = run_daemon(config)
+    await ask_gemini_cli(daemon, tmp_path)
+    assert await inbound_protocols(daemon) == {"gemini"}
 
     sent = [r.body for r in emulator.received]
     assert len(sent) == 2 and all(b["model"] == "upstream-claude-model" and b["stream"] is True for b in sent)

@@ -15,7 +15,7 @@ import os
 import pytest
 
 from tests.conftest import ACCESS_KEY, proxy_config
-from tests.e2e_clients import find_client, run_client, skip_reason
+from tests.e2e_clients import find_client, inbound_protocols, run_client, skip_reason
 from tests.emulators.base import Reply, ToolCallScript
 from tests.emulators.gemini import GeminiEmulator
 from tests.emulators.responses import ResponsesEmulator
@@ -96,6 +96,7 @@ async def test_opencode_run_uses_bash_through_ccproxyd(aiohttp_server, run_daemo
     daemon = run_daemon(config)
 
     await run_opencode(daemon, tmp_path, "@ai-sdk/anthropic", f"{daemon.url}/v1")
+    assert await inbound_protocols(daemon) == {"claude"}
 
     agent = [r.body for r in emulator.received if "bash" in {t.get("name") for t in r.body.get("tools") or ()}]
     assert len(agent) == 2 and all(b["model"] == "upstream-responses-model" and b["stream"] is True for b in agent)
@@ -115,6 +116,7 @@ async def test_opencode_openai_compatible_provider_to_a_gemini_upstream(aiohttp_
     config["groups"] = {"default": {"models": {"m-opencode": ["google/gemini-2.5-flash"]}}}
     daemon = run_daemon(config)
     await run_opencode(daemon, tmp_path, "@ai-sdk/openai-compatible", f"{daemon.url}/v1")
+    assert await inbound_protocols(daemon) == {"openai"}
 
     agent = [r for r in emulator.received if "bash" in json.dumps(r.body.get("tools") or [])]
     assert len(agent) == 2 and all(r.path.endswith("/gemini-2.5-flash:streamGenerateContent") for r in agent)
