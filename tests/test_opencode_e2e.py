@@ -1,9 +1,10 @@
 """The real opencode (``opencode run``, npm ``opencode-ai``) through a ccproxyd process to a
 Responses API emulator and to a Gemini emulator, with a bash-tool round trip.
 
-opencode reaches ccproxyd as a custom provider (``@ai-sdk/anthropic``, or
-``@ai-sdk/openai-compatible``, with ``options.baseURL``) given in ``OPENCODE_CONFIG``; the models.dev fetch, auto-update, sharing,
-default plugins and LSP downloads are off, and its data/config/cache dirs are the test's.
+opencode reaches ccproxyd as a custom provider (``@ai-sdk/anthropic`` or ``@ai-sdk/openai-compatible``,
+with ``options.baseURL``) given in ``OPENCODE_CONFIG``; the models.dev fetch, auto-update, sharing, default
+plugins and LSP downloads are off, npm is offline (opencode asks the registry for its plugin package at
+start), and its data/config/cache dirs are the test's.
 Skipped when opencode is not installed: ``make e2e`` installs it (into ``.e2e/``) and runs this test.
 """
 
