@@ -18,14 +18,23 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-# The tests that drive real client programs (the Codex CLI and Claude Code, from npm, into .e2e/); `make test` runs them
-# too when the programs are installed, and skips them with the reason otherwise.
+# The tests that drive real client programs (the Codex CLI, Claude Code, gemini-cli and opencode from npm into .e2e/,
+# and the llm CLI from PyPI into a virtualenv of its own, .e2e/llm); `make test` runs them too when the programs are
+# installed, and skips them with the reason otherwise.
 E2E_DIR := .e2e
+E2E_NPM := @openai/codex @anthropic-ai/claude-code @google/gemini-cli opencode-ai
+E2E_BIN := $(CURDIR)/$(E2E_DIR)/node_modules/.bin
 
-e2e: $(STAMP)
-	npm install --prefix $(E2E_DIR) --no-audit --no-fund --loglevel=error @openai/codex @anthropic-ai/claude-code
-	CODEX_BIN=$(CURDIR)/$(E2E_DIR)/node_modules/.bin/codex CCPROXY_TEST_CLAUDE=$(CURDIR)/$(E2E_DIR)/node_modules/.bin/claude \
-		$(BIN)/python -m pytest -q tests/test_codex_e2e.py tests/test_rules_e2e.py -k "codex or claude_code" $(PYTEST_ARGS)
+$(E2E_DIR)/llm/bin/llm:
+	$(PYTHON) -m venv $(E2E_DIR)/llm
+	$(E2E_DIR)/llm/bin/pip install --quiet llm
+
+e2e: $(STAMP) $(E2E_DIR)/llm/bin/llm
+	npm install --prefix $(E2E_DIR) --no-audit --no-fund --loglevel=error $(E2E_NPM)
+	CODEX_BIN=$(E2E_BIN)/codex CCPROXY_TEST_CLAUDE=$(E2E_BIN)/claude CCPROXY_TEST_GEMINI_CLI=$(E2E_BIN)/gemini \
+	CCPROXY_TEST_OPENCODE=$(E2E_BIN)/opencode CCPROXY_TEST_LLM=$(CURDIR)/$(E2E_DIR)/llm/bin/llm \
+		$(BIN)/python -m pytest -q tests/test_codex_e2e.py tests/test_rules_e2e.py tests/test_gemini_cli_e2e.py \
+		tests/test_opencode_e2e.py tests/test_llm_e2e.py -k "codex or claude_code or gemini_cli or opencode or llm" $(PYTEST_ARGS)
 
 run: $(STAMP)
 	$(BIN)/ccproxyd --config $(CONFIG) $(RUN_ARGS)
