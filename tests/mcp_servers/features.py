@@ -18,6 +18,7 @@ its own: ``note://LABEL/readme``, ``file:///LABEL/{path}`` and ``LABEL_help``.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import anyio
@@ -28,7 +29,13 @@ from mcp.server.mcpserver.resources.types import FunctionResource
 
 
 def add_features(server: MCPServer, label: str) -> None:
-    subscribed: set[str] = set()
+    # per client connection, as the spec keeps them (a test server outlives the proxies that connect to it)
+    subscribed: weakref.WeakKeyDictionary[object, set[str]] = weakref.WeakKeyDictionary()
+
+    def of(session: object) -> set[str]:
+        """The subscriptions of the client connection ``session`` (a per-request view of it) belongs to."""
+        connection = getattr(session, "_connection", session)
+        return subscribed.setdefault(connection, set())
 
     @server.resource(f"note://{label}/readme", name=f"{label}-readme", mime_type="text/plain")
     def readme() -> str:
@@ -74,7 +81,7 @@ def add_features(server: MCPServer, label: str) -> None:
     @server.tool()
     async def touch(uri: str, ctx: Context) -> str:
         """Announces an update of ``uri`` to a subscribed client."""
-        if uri not in subscribed:
+        if uri not in of(ctx.session):
             return f"{uri} has no subscriber"
         await ctx.session.send_resource_updated(uri)
         return f"notified {uri}"
@@ -95,11 +102,11 @@ def add_features(server: MCPServer, label: str) -> None:
         return f"added {name}"
 
     async def subscribe(ctx: object, params: types.SubscribeRequestParams) -> types.EmptyResult:
-        subscribed.add(str(params.uri))
+        of(ctx.session).add(str(params.uri))  # type: ignore[attr-defined]
         return types.EmptyResult()
 
     async def unsubscribe(ctx: object, params: types.UnsubscribeRequestParams) -> types.EmptyResult:
-        subscribed.discard(str(params.uri))
+        of(ctx.session).discard(str(params.uri))  # type: ignore[attr-defined]
         return types.EmptyResult()
 
     lowlevel = server._lowlevel_server  # MCPServer has no decorator for these (2025-era methods)
