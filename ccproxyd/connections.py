@@ -138,11 +138,15 @@ class GuardedRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         guard = self._guard
-        if data and not self._busy and not self._messages and self._header_timer is None and guard.header_timeout:
-            self._header_timer = self._loop.call_later(guard.header_timeout, self._head_too_slow)
+        idle = not self._busy and not self._messages
         queued = len(self._messages)
         super().data_received(data)
-        if len(self._messages) > queued:  # a whole request head arrived
+        if len(self._messages) == queued:
+            # a head begun and not finished by this read: timed from now (a head that came whole in one read,
+            # as most do, never needs the timer)
+            if data and idle and self._header_timer is None and guard.header_timeout:
+                self._header_timer = self._loop.call_later(guard.header_timeout, self._head_too_slow)
+        else:  # a whole request head arrived
             self._busy = True
             if self._header_timer is not None:
                 self._header_timer.cancel()
