@@ -32,11 +32,16 @@ def _failovers(r: RequestRecord) -> int:
 
 
 class RecentRequests:
-    """One per worker: the records of requests being handled, and a ring of the last ``KEEP`` finished."""
+    """One per worker: the records of requests being handled, and a ring of the last ``KEEP`` finished.
+
+    The ring keeps the records themselves and summarises them when the page asks (a few times a
+    minute), not at the end of every request."""
 
     def __init__(self, keep: int = KEEP) -> None:
         self.in_flight: dict[int, RequestRecord] = {}
-        self.finished_ring: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.finished_ring: deque[RequestRecord] = deque(maxlen=keep)
+        self._finished_count = 0
+        self._summaries: tuple[int, list[dict[str, Any]]] = (0, [])  # the ring summarised, as of that count
 
     def begin(self, record: RequestRecord) -> None:
         self.in_flight[id(record)] = record
@@ -47,9 +52,14 @@ class RecentRequests:
     def finished(self, record: RequestRecord) -> None:
         """The Observer sink."""
         if record.action not in _NOT_SHOWN:
-            self.finished_ring.append(summary(record))
+            self.finished_ring.append(record)
+            self._finished_count += 1
 
     def snapshot(self) -> dict[str, list[dict[str, Any]]]:
         now = time.monotonic()
         live = [summary(r, now) for r in self.in_flight.values() if r.action and r.action not in _NOT_SHOWN]
-        return {"in_flight": live, "recent": list(self.finished_ring)}
+        count, recent = self._summaries
+        if count != self._finished_count:  # an idle worker's page snapshot (every second) summarises nothing again
+            recent = [summary(r) for r in self.finished_ring]
+            self._summaries = (self._finished_count, recent)
+        return {"in_flight": live, "recent": list(recent)}
