@@ -53,6 +53,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _OPEN_ACTIONS = frozenset({"root", "health", "ui_asset"})
 _UNLOGGED = frozenset({"ui", "admin_read"})  # the status page polls these every second
+_NOT_OBSERVED = _OPEN_ACTIONS | _UNLOGGED  # built once, not per request
 
 
 class MethodNotAllowedError(ProxyError):
@@ -193,7 +194,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         state.in_flight -= 1
         state.recent.end(record)
         state.requests.discard(task)  # type: ignore[arg-type]
-        if record.action and record.action not in _OPEN_ACTIONS | _UNLOGGED:
+        if record.action and record.action not in _NOT_OBSERVED:
             state.observer.finished(record)
 
 

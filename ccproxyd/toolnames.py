@@ -35,11 +35,17 @@ class ToolNameRule:
     first: str | None = None  # character class body the first character must be in (None: any allowed one)
 
     def accepts(self, name: str) -> bool:
-        return self._pattern().fullmatch(name) is not None
+        pattern = _PATTERNS.get(self)
+        if pattern is None:
+            pattern = _PATTERNS[self] = self._pattern()
+        return pattern.fullmatch(name) is not None
 
     def _pattern(self) -> re.Pattern[str]:
         first = f"[{self.first}]" if self.first else f"[{self.allowed}]"
         return re.compile(f"{first}[{self.allowed}]{{0,{self.max_length - 1}}}")
+
+
+_PATTERNS: dict[ToolNameRule, re.Pattern[str]] = {}  # one per protocol's rule: compiled once, not per name
 
 
 HASH_LENGTH = 8
@@ -109,7 +115,10 @@ def fit_request(
     """
     if rule is None:
         return req, None
-    renamed = plan_names(request_names(req), rule)
+    names = request_names(req)
+    if not names:  # most requests: no tools, no calls in the history
+        return req, None
+    renamed = plan_names(names, rule)
     if not renamed:
         return req, None
     tools = [replace(t, name=renamed.get(t.name, t.name)) for t in req.tools]
