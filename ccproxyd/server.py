@@ -250,6 +250,8 @@ _FREE_ACTIONS = frozenset({"models", "show", "version", "root", "health", "metri
 @web.middleware
 async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A key with limits is admitted (or refused with 429) before its request is dispatched, and charged after."""
+    if not request.app[STATE].config.keys:  # auth off: no key, no limits (and no KeyError from request.get)
+        return await handler(request)
     key = request.get(ACCESS_KEY)
     route = request.get(ROUTE)
     if key is None or not key.limits or route is None or route.action in _FREE_ACTIONS or request.method == "OPTIONS":
