@@ -168,7 +168,8 @@ class Dispatcher:
         if bodies is not None:
             bodies.write({"request_id": record.request_id, "direction": "client_request", "path": request.path, "body": body})
         client_req = inbound.decode_request(body, route, request.headers)
-        client_req = await conversations.resume(self.conversations, inbound, client_req, record.key_name or "")
+        if inbound.continues(client_req) is not None:  # no coroutine for the requests that continue nothing
+            client_req = await conversations.resume(self.conversations, inbound, client_req, record.key_name or "")
         record.stream = client_req.stream
         plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
         local = inbound.answer_locally(client_req)
@@ -202,7 +203,8 @@ class Dispatcher:
                     return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies,
                                                         release[0] if release else None, attempt, config.server.cooldown_max)
                 record.status = 200
-                await conversations.keep(self.conversations, inbound, client_req, response, record.key_name or "")
+                if conversations.keeps(self.conversations, inbound, client_req):
+                    await conversations.keep(self.conversations, inbound, client_req, response, record.key_name or "")
                 answer = inbound.encode_response(response, client_req)
                 if bodies is not None:
                     bodies.write({"request_id": record.request_id, "direction": "client_response", "status": 200, "body": answer})
