@@ -107,14 +107,13 @@ def _peer(peer: Any) -> str:
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's connection handler with header and body timers and the connection cap (see the module doc)."""
 
-    __slots__ = ("_guard", "_header_timer", "_body_timer", "_busy", "_counted")
+    __slots__ = ("_guard", "_header_timer", "_body_timer", "_counted")
 
     def __init__(self, manager: web.Server, guard: Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
-        self._busy = False  # a request head arrived and its response is not finished
         self._counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,7 +137,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         guard = self._guard
-        idle = not self._busy and not self._messages
+        idle = not self._request_in_progress and not self._messages  # no request head waiting or being answered
         queued = len(self._messages)
         super().data_received(data)
         if len(self._messages) == queued:
@@ -147,7 +146,6 @@ class GuardedRequestHandler(RequestHandler):
             if data and idle and self._header_timer is None and guard.header_timeout:
                 self._header_timer = self._loop.call_later(guard.header_timeout, self._head_too_slow)
         else:  # a whole request head arrived
-            self._busy = True
             if self._header_timer is not None:
                 self._header_timer.cancel()
                 self._header_timer = None
@@ -157,15 +155,9 @@ class GuardedRequestHandler(RequestHandler):
                     self._body_timer.cancel()
                 self._body_timer = self._loop.call_later(guard.body_timeout, self._body_too_slow, payload)
 
-    async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
-        try:
-            return await super()._handle_request(request, start_time, request_handler)
-        finally:
-            self._busy = bool(self._messages)
-
     def _head_too_slow(self) -> None:
         self._header_timer = None
-        if self._busy or self._messages or self.transport is None:
+        if self._request_in_progress or self._messages or self.transport is None:
             return
         self._guard.note("header_timeout", self.transport.get_extra_info("peername"))
         self.transport.write(_TIMED_OUT)
