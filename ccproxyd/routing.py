@@ -90,7 +90,10 @@ def resolve_alias(group: Group, model: str) -> Alias:
 
 def bind_model(alias: Alias, model: str) -> Alias:
     """The alias with its pass-through targets (``"provider/*"``) naming the client's model unchanged."""
-    if not any(t.model == PASS_THROUGH for t in alias.targets):
+    for t in alias.targets:  # a plain loop: most aliases have no such target, and pay no generator for it
+        if t.model == PASS_THROUGH:
+            break
+    else:
         return alias
     targets = tuple(dataclasses.replace(t, model=model) if t.model == PASS_THROUGH else t for t in alias.targets)
     return dataclasses.replace(alias, targets=targets)
