@@ -220,7 +220,8 @@ class Dispatcher:
                            paced: _Paced) -> AsyncIterator[Attempt]:
         """The plan's attempts, less those whose upstream is over its rpm/tpm pacing. When every one was,
         the soonest is waited for up to ``state.queue_seconds``; otherwise ``paced`` says how long to wait."""
-        await self.router.fetch_turns(attempts)
+        if self.router.shared_turns is not None:  # shared state only: no coroutine for the local case
+            await self.router.fetch_turns(attempts)
         estimate = estimate_tokens(body_bytes)
         deferred: list[tuple[float, Attempt]] = []
         for attempt in attempts:
