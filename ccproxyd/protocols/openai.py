@@ -521,12 +521,14 @@ class OpenAIAdapter(Adapter):
         if request.completion is not None:
             return openai_completions.encode_response(resp, request, FINISH_TO_OPENAI[resp.finish.reason], _usage_to_openai(resp.usage))
         message: dict[str, Any] = {"role": "assistant", "content": ir.text_of(resp.parts) or None, "refusal": None}
-        reasoning = "".join(p.text for p in resp.parts if isinstance(p, ir.Reasoning))
-        if reasoning:
-            message["reasoning_content"] = reasoning
-        details = _details(resp.parts)
-        if details:
-            message["reasoning_details"] = details
+        thoughts = [p for p in resp.parts if isinstance(p, ir.Reasoning)]
+        if thoughts:  # one pass over the parts for the answers without reasoning
+            reasoning = "".join(p.text for p in thoughts)
+            if reasoning:
+                message["reasoning_content"] = reasoning
+            details = _details(resp.parts)
+            if details:
+                message["reasoning_details"] = details
         calls = [p for p in resp.parts if isinstance(p, ir.ToolCall)]
         if calls:
             message["tool_calls"] = [
