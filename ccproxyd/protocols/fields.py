@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import ir
 from ..errors import ClientError
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -80,3 +81,11 @@ def split_data_url(url: str) -> tuple[str, str] | None:
     if not sep or not head.endswith(";base64"):
         return None
     return head[: -len(";base64")] or "application/octet-stream", data
+
+
+def image_from_url(url: str, provider_metadata: dict[str, dict[str, Any]] | None = None) -> ir.Image:
+    """An image given by URL, inline when the URL is a base64 data URL."""
+    inline = split_data_url(url)
+    if inline:
+        return ir.Image(inline[0], inline[1], provider_metadata=provider_metadata)
+    return ir.Image(url=url, provider_metadata=provider_metadata)

@@ -17,7 +17,7 @@ from ..streams import iter_sse, sse_frame
 from . import carry, files, openai_completions, openai_embed
 from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget, bearer_headers
 from ..toolnames import ToolNameRule
-from .fields import check, integer, number, opt, req, split_data_url, string_list
+from .fields import check, image_from_url, integer, number, opt, req, string_list
 
 FINISH_FROM_OPENAI: dict[str, ir.FinishReason] = {
     "stop": "stop",
@@ -71,7 +71,7 @@ def _decode_content(content: Any, path: str) -> list[ir.Part]:
         elif kind == "image_url":
             image = req(item, "image_url", (dict, str), at + ".")
             url = image if isinstance(image, str) else req(image, "url", str, at + ".image_url.")
-            parts.append(_image_from_url(url))
+            parts.append(image_from_url(url))
         elif kind == "file":
             parts.append(_decode_file(req(item, "file", dict, at + "."), at + ".file"))
         else:
@@ -81,13 +81,6 @@ def _decode_content(content: Any, path: str) -> list[ir.Part]:
 
 def _decode_file(file: dict[str, Any], at: str) -> ir.Part:
     return files.decode_data_url(opt(file, "file_data", str, at + "."), opt(file, "filename", str, at + "."), at, "file_id")
-
-
-def _image_from_url(url: str) -> ir.Image:
-    inline = split_data_url(url)
-    if inline:
-        return ir.Image(media_type=inline[0], data=inline[1])
-    return ir.Image(url=url)
 
 
 def _decode_tool_calls(calls: Any, path: str) -> list[ir.Part]:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from ... import ir
 from ...errors import ClientError
 from .. import carry, files
-from ..fields import check, integer, number, opt, req, split_data_url, string_list
+from ..fields import check, image_from_url, integer, number, opt, req, string_list
 from .wire import BETA_KEY, CLAUDE_THINKING, SERVER_TOOLS_KEY, TOOL_FIELDS_KEY
 
 # Top-level fields the unified model carries; the rest go to extras["claude"] untouched.
@@ -157,11 +157,7 @@ def _decode_source(source: dict[str, Any], at: str, meta: dict[str, dict[str, An
     if kind == "base64":
         return ir.Image(req(source, "media_type", str, at + "."), req(source, "data", str, at + "."), provider_metadata=meta)
     if kind == "url":
-        url = req(source, "url", str, at + ".")
-        inline = split_data_url(url)
-        if inline:
-            return ir.Image(inline[0], inline[1], provider_metadata=meta)
-        return ir.Image(url=url, provider_metadata=meta)
+        return image_from_url(req(source, "url", str, at + "."), meta)
     raise ClientError(f"{at}.type {kind!r} is not one of base64, url, file", param=f"{at}.type")
 
 

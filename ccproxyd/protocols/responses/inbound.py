@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 from ... import ir
 from ...errors import ClientError
 from .. import carry, files
-from ..fields import check, integer, number, opt, req, split_data_url
+from ..fields import check, image_from_url, integer, number, opt, req
 from . import wire
 
 log = logging.getLogger("ccproxyd.responses")
@@ -193,8 +193,7 @@ def _content(content: Any, at: str) -> list[ir.Part]:
             url = opt(part, "image_url", str, where + ".")
             if not url:
                 raise ClientError(f"{where}: input_image needs image_url (a URL or data URL); file_id is not supported", param=f"{where}.image_url")
-            inline = split_data_url(url)
-            parts.append(ir.Image(inline[0], inline[1]) if inline else ir.Image(url=url))
+            parts.append(image_from_url(url))
         elif kind == "input_file":
             parts.append(_file(part, where))
         else:
