@@ -9,6 +9,9 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
+
+from tests.conftest import proxy_config
 
 REPO = Path(__file__).resolve().parent.parent
 E2E_DIR = REPO / ".e2e"  # where `make e2e` installs the clients
@@ -24,6 +27,14 @@ def find_client(env_var: str, name: str, *also: Path) -> str | None:
 
 def skip_reason(program: str, package: str, env_var: str) -> str:
     return f"{program} is not installed ({package}); `make e2e` installs it and runs this test (or set {env_var} to its path)"
+
+
+def one_upstream_config(tmp_path: Path, provider: str, protocol: str, base_url: str, alias: str, model: str) -> dict[str, Any]:
+    """A ccproxyd config with one provider at ``base_url`` and one alias to its ``model``; the tests' access key."""
+    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
+    config["providers"] = {provider: {"protocol": protocol, "base_url": base_url, "api_keys": ["sk-upstream"]}}
+    config["groups"] = {"default": {"models": {alias: [f"{provider}/{model}"]}}}
+    return config
 
 
 async def run_client(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:

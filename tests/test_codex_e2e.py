@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ACCESS_KEY, proxy_config
+from tests.conftest import ACCESS_KEY
+from tests.e2e_clients import one_upstream_config
 from tests.emulators.base import Reply, ToolCallScript
 from tests.emulators.openai import OpenAIEmulator
 
@@ -48,9 +49,7 @@ async def test_codex_exec_runs_a_shell_command_through_ccproxyd(aiohttp_server, 
     emulator = ShellRoundTrip()
     server = await aiohttp_server(emulator.app)
     upstream_url = str(server.make_url("/v1")).rstrip("/")
-    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
-    config["providers"] = {"chat": {"protocol": "openai", "base_url": upstream_url, "api_keys": ["sk-upstream"]}}
-    config["groups"] = {"default": {"models": {"m-codex": ["chat/upstream-chat-model"]}}}
+    config = one_upstream_config(tmp_path, "chat", "openai", upstream_url, "m-codex", "upstream-chat-model")
     daemon = run_daemon(config)
 
     home, work = tmp_path / "codex-home", tmp_path / "work"

@@ -14,8 +14,8 @@ import os
 
 import pytest
 
-from tests.conftest import ACCESS_KEY, proxy_config
-from tests.e2e_clients import find_client, inbound_protocols, run_client, skip_reason
+from tests.conftest import ACCESS_KEY
+from tests.e2e_clients import find_client, inbound_protocols, one_upstream_config, run_client, skip_reason
 from tests.emulators.base import Reply, ToolCallScript
 from tests.emulators.claude import ClaudeEmulator
 from tests.emulators.openai import OpenAIEmulator
@@ -78,10 +78,8 @@ async def ask_gemini_cli(daemon, tmp_path):
 async def test_gemini_cli_runs_a_shell_command_through_ccproxyd(aiohttp_server, run_daemon, tmp_path):
     emulator = ShellRoundTrip()
     server = await aiohttp_server(emulator.app)
-    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
-    config["providers"] = {"chat": {"protocol": "openai", "base_url": str(server.make_url("/v1")).rstrip("/"),
-                                    "api_keys": ["sk-upstream"]}}
-    config["groups"] = {"default": {"models": {"m-gemini": ["chat/upstream-chat-model"]}}}
+    config = one_upstream_config(tmp_path, "chat", "openai", str(server.make_url("/v1")).rstrip("/"),
+                                 "m-gemini", "upstream-chat-model")
     daemon = run_daemon(config)
     await ask_gemini_cli(daemon, tmp_path)
     assert await inbound_protocols(daemon) == {"gemini"}
@@ -100,10 +98,8 @@ async def test_gemini_cli_runs_a_shell_command_through_ccproxyd(aiohttp_server, 
 async def test_gemini_cli_shell_round_trip_to_an_anthropic_upstream(aiohttp_server, run_daemon, tmp_path):
     emulator = ClaudeShellRoundTrip()
     server = await aiohttp_server(emulator.app)
-    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
-    config["providers"] = {"anthropic": {"protocol": "claude", "base_url": str(server.make_url("")).rstrip("/"),
-                                         "api_keys": ["sk-upstream"]}}
-    config["groups"] = {"default": {"models": {"m-gemini": ["anthropic/upstream-claude-model"]}}}
+    config = one_upstream_config(tmp_path, "anthropic", "claude", str(server.make_url("")).rstrip("/"),
+                                 "m-gemini", "upstream-claude-model")
     daemon = run_daemon(config)
     await ask_gemini_cli(daemon, tmp_path)
     assert await inbound_protocols(daemon) == {"gemini"}

@@ -14,8 +14,8 @@ import os
 
 import pytest
 
-from tests.conftest import ACCESS_KEY, proxy_config
-from tests.e2e_clients import E2E_DIR, find_client, inbound_protocols, run_client, skip_reason
+from tests.conftest import ACCESS_KEY
+from tests.e2e_clients import E2E_DIR, find_client, inbound_protocols, one_upstream_config, run_client, skip_reason
 from tests.emulators.base import Reply, ToolCallScript
 from tests.emulators.claude import ClaudeEmulator
 
@@ -46,10 +46,8 @@ async def llm_env(request, aiohttp_server, run_daemon, tmp_path):
     """ccproxyd before the emulator, and llm's user dir naming it; ``responses`` makes llm speak the Responses API."""
     emulator = ReadFileRoundTrip()
     server = await aiohttp_server(emulator.app)
-    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
-    config["providers"] = {"anthropic": {"protocol": "claude", "base_url": str(server.make_url("")).rstrip("/"),
-                                         "api_keys": ["sk-upstream"]}}
-    config["groups"] = {"default": {"models": {"m-llm": ["anthropic/upstream-claude-model"]}}}
+    config = one_upstream_config(tmp_path, "anthropic", "claude", str(server.make_url("")).rstrip("/"),
+                                 "m-llm", "upstream-claude-model")
     daemon = run_daemon(config)
     home, work = tmp_path / "llm-home", tmp_path / "work"
     home.mkdir()

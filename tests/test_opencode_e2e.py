@@ -15,8 +15,8 @@ import os
 
 import pytest
 
-from tests.conftest import ACCESS_KEY, proxy_config
-from tests.e2e_clients import find_client, inbound_protocols, run_client, skip_reason
+from tests.conftest import ACCESS_KEY
+from tests.e2e_clients import find_client, inbound_protocols, one_upstream_config, run_client, skip_reason
 from tests.emulators.base import Reply, ToolCallScript
 from tests.emulators.gemini import GeminiEmulator
 from tests.emulators.responses import ResponsesEmulator
@@ -90,10 +90,8 @@ async def run_opencode(daemon, tmp_path, npm: str, base_url: str) -> None:
 async def test_opencode_run_uses_bash_through_ccproxyd(aiohttp_server, run_daemon, tmp_path):
     emulator = BashRoundTrip()
     server = await aiohttp_server(emulator.app)
-    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
-    config["providers"] = {"resp": {"protocol": "responses", "base_url": str(server.make_url("/v1")).rstrip("/"),
-                                    "api_keys": ["sk-upstream"]}}
-    config["groups"] = {"default": {"models": {"m-opencode": ["resp/upstream-responses-model"]}}}
+    config = one_upstream_config(tmp_path, "resp", "responses", str(server.make_url("/v1")).rstrip("/"),
+                                 "m-opencode", "upstream-responses-model")
     daemon = run_daemon(config)
 
     await run_opencode(daemon, tmp_path, "@ai-sdk/anthropic", f"{daemon.url}/v1")
@@ -111,10 +109,8 @@ async def test_opencode_run_uses_bash_through_ccproxyd(aiohttp_server, run_daemo
 async def test_opencode_openai_compatible_provider_to_a_gemini_upstream(aiohttp_server, run_daemon, tmp_path):
     emulator = GeminiBashRoundTrip()
     server = await aiohttp_server(emulator.app)
-    config = proxy_config({}, server={"state_dir": str(tmp_path / "state")})
-    config["providers"] = {"google": {"protocol": "gemini", "base_url": str(server.make_url("")).rstrip("/"),
-                                      "api_keys": ["sk-upstream"]}}
-    config["groups"] = {"default": {"models": {"m-opencode": ["google/gemini-2.5-flash"]}}}
+    config = one_upstream_config(tmp_path, "google", "gemini", str(server.make_url("")).rstrip("/"),
+                                 "m-opencode", "gemini-2.5-flash")
     daemon = run_daemon(config)
     await run_opencode(daemon, tmp_path, "@ai-sdk/openai-compatible", f"{daemon.url}/v1")
     assert await inbound_protocols(daemon) == {"openai"}
