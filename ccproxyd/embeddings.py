@@ -74,7 +74,7 @@ async def _embed_all(
     outbound: Adapter, record: RequestRecord,
 ) -> EmbedResponse:
     """Every input through one target, in batches of at most its upstream's limit, in order."""
-    if client_req.has_tokens and outbound.name != "openai":
+    if client_req.has_tokens and not outbound.embeds_token_arrays:
         raise ClientError(f"token-array inputs can only go to an OpenAI upstream; {attempt.label} speaks {outbound.name}", param="input")
     size = outbound.embed_batch_limit or len(client_req.inputs)
     target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)

@@ -92,6 +92,7 @@ class Adapter(ABC):
     # Upstreams with an embeddings API, and the most inputs one call of it takes (None: no limit).
     can_embed: ClassVar[bool] = False
     embed_batch_limit: ClassVar[int | None] = None
+    embeds_token_arrays: ClassVar[bool] = False  # inputs given as token ids, not text (OpenAI's embeddings API)
     # What the upstream accepts as a tool name (None: anything); others are renamed by toolnames.py.
     tool_names: ClassVar[ToolNameRule | None] = None
 

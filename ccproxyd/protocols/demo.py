@@ -33,6 +33,7 @@ _TOOL_WORD = re.compile(r"\btools?\b", re.IGNORECASE)
 
 class DemoAdapter(OpenAIAdapter):
     name = "demo"  # type: ignore[assignment]
+    embeds_token_arrays = False
 
 
 ADAPTER = DemoAdapter()

@@ -470,6 +470,7 @@ class OpenAIAdapter(Adapter):
     name = "openai"
     can_embed = True
     embed_batch_limit = openai_embed.BATCH_LIMIT
+    embeds_token_arrays = True
     # function names: a-z, A-Z, 0-9, underscores and dashes, at most 64 (OpenAI API reference)
     tool_names = ToolNameRule("A-Za-z0-9_-", 64)
 
