@@ -103,6 +103,7 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             "" if held is None or held >= wanted else f"only {held} were open")
     else:
         add("1,000 concurrent streams held, RSS ≤ 250 MB", "≤ 250 MB", None, None)
+    _issue18_targets(by_key, derived, add, idle)
     idle_rss = (result.get("ccproxyd") or {}).get("idle_rss_mb")
     add("idle RSS", "≤ 60 MB", idle_rss, None if idle_rss is None else idle_rss <= 60, " MB")
     redis = result.get("redis") or {}
@@ -114,6 +115,31 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     add("workers = 2 vs one worker", "≥ 1.6×", scale, None if scale is None else scale >= 1.6, "×",
         workers.get("reason", "") if scale is None else f"{result['machine'].get('cores')} cores")
     return out
+
+
+def _issue18_targets(by_key: dict[str, Any], derived: Any, add: Any, idle: dict[str, Any]) -> None:
+    """The performance issue's own targets (issue 18): against the bare pass-through, CPU, per chunk, latency, RSS.
+
+    The pass-through forwards without converting, so both non-stream rows are read against the one
+    OpenAI→OpenAI pass-through of the same run."""
+    passthrough = ((by_key.get("openai-openai") or {}).get("rows") or {}).get("passthrough") or {}
+    for key, wanted in (("openai-openai", 0.70), ("claude-openai", 0.65)):
+        title = (by_key.get(key) or {}).get("title", key)
+        ours = ((by_key.get(key) or {}).get("rows") or {}).get("ccproxyd") or {}
+        ratio = _ratio(ours.get("rps"), passthrough.get("rps"))
+        add(f"{title}: ccproxyd ÷ bare pass-through", f"≥ {wanted:.2f}", ratio, None if ratio is None else ratio >= wanted)
+        cpu = ours.get("cpu_s_per_1k")
+        add(f"{title}: CPU per request", "≤ 150 µs", None if cpu is None else cpu * 1000,
+            None if cpu is None else cpu * 1000 <= 150, " µs")
+    for key, wanted in (("openai-openai-stream", 5.0), ("claude-gemini-stream", 8.0)):
+        title = (by_key.get(key) or {}).get("title", key)
+        per_chunk = derived(key, "per_chunk_us")
+        add(f"{title}: per-chunk overhead (burst, c=1)", f"≤ {wanted:g} µs", per_chunk,
+            None if per_chunk is None else per_chunk <= wanted, " µs")
+    p50 = derived("openai-openai", "added_p50_ms")
+    add("OpenAI→OpenAI non-stream: added latency p50 (c=1)", "≤ 0.25 ms", p50, None if p50 is None else p50 <= 0.25, " ms")
+    rss = idle.get("peak_rss_mb") if idle.get("status") == "ok" else None
+    add(f"peak RSS with {idle.get('streams', 1000)} open streams", "≤ 100 MB", rss, None if rss is None else rss <= 100, " MB")
 
 
 # ---------------------------------------------------------------- Markdown

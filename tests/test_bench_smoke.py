@@ -86,6 +86,27 @@ def test_every_missing_adapter_is_reported_as_skipped() -> None:
     assert all(t["met"] is None for t in report.targets(result) if "Claude→Gemini" in t["name"])
 
 
+def test_the_performance_targets_are_read_against_the_pass_through_and_cpu() -> None:
+    rows = {"ccproxyd": {"rps": 7000, "cpu_s_per_1k": 0.140}, "passthrough": {"rps": 10000}}
+    result = {"scenarios": [
+        {"key": "openai-openai", "title": "OpenAI→OpenAI non-stream", "status": "ok", "rows": rows,
+         "derived": {"added_p50_ms": 0.3}},
+        {"key": "claude-openai", "title": "Claude→OpenAI non-stream", "status": "ok",
+         "rows": {"ccproxyd": {"rps": 6000, "cpu_s_per_1k": 0.160}}, "derived": {}},
+        {"key": "openai-openai-stream", "title": "OpenAI→OpenAI stream ×100", "status": "ok", "stream": True, "rows": {},
+         "derived": {"per_chunk_us": 4.5}},
+    ], "idle": {"status": "ok", "streams": 1000, "held": 1000, "peak_rss_mb": 120}}
+    verdict = {t["name"]: (t["measured"], t["met"]) for t in report.targets(result)}
+    assert verdict["OpenAI→OpenAI non-stream: ccproxyd ÷ bare pass-through"] == (0.7, True)
+    assert verdict["Claude→OpenAI non-stream: ccproxyd ÷ bare pass-through"] == (0.6, False)
+    assert verdict["OpenAI→OpenAI non-stream: CPU per request"] == (140.0, True)
+    assert verdict["Claude→OpenAI non-stream: CPU per request"] == (160.0, False)
+    assert verdict["OpenAI→OpenAI stream ×100: per-chunk overhead (burst, c=1)"] == (4.5, True)
+    assert verdict["claude-gemini-stream: per-chunk overhead (burst, c=1)"] == (None, None)
+    assert verdict["OpenAI→OpenAI non-stream: added latency p50 (c=1)"] == (0.3, False)
+    assert verdict["peak RSS with 1000 open streams"] == (120, False)
+
+
 # ---------------------------------------------------------------- the pieces
 
 
