@@ -209,3 +209,13 @@ def test_cpu_per_request_runs_every_feature_case(tmp_path: Path) -> None:
     assert {r["key"] for r in rows} >= {"openai-openai", "openai-openai-stream-paced", "compat", "log-bodies", "key-limits", "routes"}
     assert all(r["this"] and r["this"] > 0 for r in rows), rows
     assert "| OpenAI→OpenAI, a key with rpm/tpm/parallel/day limits |" in proc.stdout
+
+
+def test_the_layers_floor_splits_messages_only_when_whole() -> None:
+    from bench.layers import _split_message
+
+    buf = bytearray(b"POST /v1/x HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+    assert _split_message(buf) is None
+    buf += b"cdePOST"
+    assert _split_message(buf) == (b"POST /v1/x HTTP/1.1\r\nContent-Length: 5", b"abcde")
+    assert buf == bytearray(b"POST")

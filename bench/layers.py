@@ -1,0 +1,196 @@
+"""What aiohttp's server and client cost per request: four pass-throughs, CPU time per request side by side.
+
+Issue 18 asks ccproxyd to run at 0.70 of a bare aiohttp pass-through and in
+150 µs of CPU per non-streamed request. This measures how much of a request
+is aiohttp's own work, by swapping it out one side at a time for a minimal
+keep-alive HTTP/1.1 exchange written on asyncio protocols (Content-Length
+bodies only, no checks: a floor, not something to serve with):
+
+* ``aiohttp``: aiohttp's ``web.Application`` and ``ClientSession`` (``bench.passthrough``);
+* ``aiohttp server, raw client``: the same server, the minimal client;
+* ``raw server, aiohttp client``: the minimal server, ``ClientSession``;
+* ``raw``: both minimal.
+
+Every variant forwards the OpenAI→OpenAI non-stream request to ``bench.upstream``
+and returns its answer; rounds alternate between them, the median is reported.
+
+Run: ``python -m bench.layers [--rounds 5] [--requests 3000]``; one variant alone:
+``python -m bench.layers --serve raw --port P --upstream 127.0.0.1:Q``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Awaitable, Callable
+
+VARIANTS = {"aiohttp": ("aiohttp", "aiohttp"), "aiohttp server, raw client": ("aiohttp", "raw"),
+            "raw server, aiohttp client": ("raw", "aiohttp"), "raw": ("raw", "raw")}
+Forward = Callable[[bytes, bytes], Awaitable[tuple[int, bytes]]]
+
+
+def _split_message(buf: bytearray) -> tuple[bytes, bytes] | None:
+    """One whole message (head, body) off the front of ``buf``, or None while it is incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if len(buf) < end + 4 + length:
+        return None
+    body = bytes(buf[end + 4:end + 4 + length])
+    del buf[:end + 4 + length]
+    return head, body
+
+
+class _RawUpstream(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.answer: asyncio.Future[tuple[bytes, bytes]] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        message = _split_message(self.buf)
+        if message and self.answer is not None:
+            self.answer.set_result(message)
+            self.answer = None
+
+
+def raw_client(host: str, port: int) -> Forward:
+    idle: list[_RawUpstream] = []
+
+    async def forward(path: bytes, body: bytes) -> tuple[int, bytes]:
+        loop = asyncio.get_running_loop()
+        conn = idle.pop() if idle else (await loop.create_connection(_RawUpstream, host, port))[1]
+        conn.answer = loop.create_future()
+        assert conn.transport is not None
+        conn.transport.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (path, host.encode(), len(body), body))
+        head, answer = await conn.answer
+        idle.append(conn)
+        return int(head.split(b" ", 2)[1]), answer
+
+    return forward
+
+
+def aiohttp_client(host: str, port: int) -> Forward:
+    import aiohttp
+
+    session: list[aiohttp.ClientSession] = []
+
+    async def forward(path: bytes, body: bytes) -> tuple[int, bytes]:
+        if not session:
+            session.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
+        async with session[0].post(f"http://{host}:{port}{path.decode()}", data=body,
+                                   headers={"content-type": "application/json"}) as up:
+            return up.status, await up.read()
+
+    return forward
+
+
+class _RawServer(asyncio.Protocol):
+    def __init__(self, forward: Forward) -> None:
+        self.forward = forward
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        message = _split_message(self.buf)
+        if message:
+            asyncio.get_running_loop().create_task(self.answer(*message))
+
+    async def answer(self, head: bytes, body: bytes) -> None:
+        status, answer = await self.forward(head.split(b" ", 2)[1], body)
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (status, len(answer), answer))
+
+
+async def serve(server: str, client: str, port: int, upstream: str) -> None:
+    host, up_port = upstream.rsplit(":", 1)
+    forward = (raw_client if client == "raw" else aiohttp_client)(host, int(up_port))
+    if server == "raw":
+        listener = await asyncio.get_running_loop().create_server(lambda: _RawServer(forward), "127.0.0.1", port)
+        await listener.serve_forever()
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        status, answer = await forward(request.path_qs.encode(), await request.read())
+        return web.Response(status=status, body=answer, headers={"content-type": "application/json"})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
+
+
+def measure(rounds: int, requests: int) -> dict[str, float]:
+    from . import procs
+    from .cpu import cpu_ns, run_load
+    from .scenarios import scenarios
+
+    work = Path(tempfile.mkdtemp(prefix="ccproxyd-layers-"))
+    repo = str(Path(__file__).resolve().parent.parent)
+    port = procs.free_port()
+    upstream = procs.start("upstream", [sys.executable, "-m", "bench.upstream", "--port", str(port)], port, work, cwd=repo)
+    servers = {}
+    scenario = {s.key: s for s in scenarios(100)}["openai-openai"]
+    samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    try:
+        for name in VARIANTS:
+            p = procs.free_port()
+            servers[name] = procs.start(name.replace(" ", "_").replace(",", ""), [sys.executable, "-m", "bench.layers", "--serve", name,
+                                        "--port", str(p), "--upstream", f"127.0.0.1:{port}"], p, work, cwd=repo)
+        for r in range(rounds):
+            for name in (list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]):
+                target = scenario.target(servers[name].url)
+                run_load(work, target, 50, 8)
+                before = cpu_ns(servers[name].proc.pid)
+                out = run_load(work, target, requests, 8)
+                samples[name].append((cpu_ns(servers[name].proc.pid) - before) / 1000 / out["count"])
+    finally:
+        for server in servers.values():
+            procs.stop(server)
+        procs.stop(upstream)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.layers", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--serve", choices=list(VARIANTS), help="run one variant (used by the measurement)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--upstream", help="host:port of the upstream")
+    a = p.parse_args(argv)
+    if a.serve:
+        import uvloop
+
+        uvloop.run(serve(*VARIANTS[a.serve], a.port, a.upstream))
+        return
+    result = measure(a.rounds, a.requests)
+    print("| pass-through | CPU µs per request |\n| --- | ---: |")
+    for name, value in result.items():
+        print(f"| {name} | {value:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
