@@ -1,0 +1,134 @@
+"""The access line written without the logging module's record machinery is the line logging writes.
+
+``Observer.finished`` hands the line straight to ccproxyd's own handler when that
+handler is the only place an access record would go (the daemon as shipped).
+Both paths run here on the same records at the same instant, text and JSON, and
+must write the same bytes; any other handler, filter or level on the way sends
+the record through ``logging`` as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from typing import Iterator
+from unittest import mock
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ccproxyd import observe
+from ccproxyd.observe import LogFormatter, LogHandler, Observer, Redactor, RequestRecord
+
+SECRET = "sk-secret-value-0123456789"
+
+
+@contextlib.contextmanager
+def only_handler(log_format: str, level: int = logging.INFO) -> Iterator[tuple[io.StringIO, LogHandler]]:
+    """ccproxyd's handler on a StringIO as the root logger's only one, as ``configure_logging`` leaves it; restored after."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, observe._FORMATTER, observe._HANDLER
+    out = io.StringIO()
+    formatter = LogFormatter(log_format, Redactor({SECRET}))
+    handler = LogHandler(out)
+    handler.setFormatter(formatter)
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    observe._FORMATTER, observe._HANDLER = formatter, handler
+    try:
+        yield out, handler
+    finally:
+        root.handlers[:], _, observe._FORMATTER, observe._HANDLER = saved
+        root.setLevel(saved[1])
+
+
+def logged(record: RequestRecord, log_format: str, direct: bool, at: float) -> str:
+    """What ``Observer.finished`` writes for ``record`` at time ``at``, directly or through ``logging``."""
+    with only_handler(log_format) as (out, handler), mock.patch("time.time", return_value=at), \
+            mock.patch("time.time_ns", return_value=int(at * 1e9)), mock.patch("time.monotonic", return_value=record.started + 0.25):
+        assert observe._direct_access_handler() is handler
+        if not direct:
+            with mock.patch.object(observe, "_direct_access_handler", return_value=None):
+                Observer(log_format).finished(record)
+        else:
+            Observer(log_format).finished(record)
+    return out.getvalue()
+
+
+_text = st.one_of(st.none(), st.text(max_size=12), st.sampled_from([SECRET, f"x{SECRET}y", "m\n\"é☃"]))
+_count = st.one_of(st.none(), st.integers(min_value=0, max_value=2**40))
+_seconds = st.floats(min_value=0, max_value=400, allow_nan=False)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> RequestRecord:
+    r = RequestRecord(draw(st.sampled_from(["0123456789abcdef0123456789abcdef", "req-1"])), started=100.0,
+                      wall_time=draw(st.floats(min_value=0, max_value=4e9)))
+    r.key_name, r.protocol, r.upstream_protocol, r.group, r.alias, r.route, r.target, r.path, r.error_kind = (
+        draw(_text) for _ in range(9))
+    r.action = draw(st.sampled_from(["chat", "models", "unknown_path", ""]))
+    r.compat, r.stream, r.cancelled, r.usage_estimated = (draw(st.booleans()) for _ in range(4))
+    r.status = draw(st.sampled_from([0, 200, 400, 429, 499, 502]))
+    r.attempts = draw(st.lists(st.sampled_from(["p/m:429", "p/m:timeout", f"p/{SECRET}:500"]), max_size=3))
+    r.input_tokens, r.output_tokens, r.cached_tokens, r.reasoning_tokens = (draw(_count) for _ in range(4))
+    r.upstream_seconds = draw(_seconds)
+    r.ttfb = draw(st.one_of(st.none(), _seconds))
+    return r
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+@settings(max_examples=300, deadline=None)
+@given(record=records(), at=st.floats(min_value=0, max_value=4e9))
+def test_the_direct_access_line_is_byte_for_byte_loggings(log_format: str, record: RequestRecord, at: float) -> None:
+    through_logging = logged(record, log_format, direct=False, at=at)
+    assert through_logging.endswith("\n") and through_logging.count("\n") == 1 + through_logging[:-1].count("\n")
+    assert logged(record, log_format, direct=True, at=at) == through_logging
+    assert SECRET not in through_logging
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_errors_and_cancelled_requests_read_the_same_either_way(log_format: str) -> None:
+    failed = RequestRecord("r1", started=5.0, protocol="claude", action="chat", group="g", alias="a", target="p/m", status=502,
+                           error_kind="upstream_error", attempts=["p/x:429", "p/m:502"])
+    cancelled = RequestRecord("r2", started=5.0, protocol="openai", action="chat", stream=True, status=499, cancelled=True, ttfb=0.01)
+    for record in (failed, cancelled):
+        line = logged(record, log_format, direct=True, at=1_700_000_000.4567)
+        assert line == logged(record, log_format, direct=False, at=1_700_000_000.4567)
+        assert ("error=upstream_error" in line or '"error_kind":"upstream_error"' in line) if record is failed else \
+            (" cancelled" in line or '"cancelled":true' in line)
+
+
+def test_anything_else_on_the_way_sends_the_record_through_logging() -> None:
+    access = logging.getLogger("ccproxyd.access")
+    with only_handler("text") as (_, handler):
+        assert observe._direct_access_handler() is handler
+        capture = logging.Handler()
+        for add, remove in ((lambda: logging.getLogger().addHandler(capture), lambda: logging.getLogger().removeHandler(capture)),
+                            (lambda: access.addHandler(capture), lambda: access.removeHandler(capture)),
+                            (lambda: access.addFilter(len), lambda: access.removeFilter(len)),
+                            (lambda: handler.addFilter(len), lambda: handler.removeFilter(len)),
+                            (lambda: handler.setLevel(logging.WARNING), lambda: handler.setLevel(logging.NOTSET)),
+                            (lambda: handler.setFormatter(logging.Formatter()), lambda: handler.setFormatter(observe._FORMATTER)),
+                            (lambda: setattr(access, "propagate", False), lambda: setattr(access, "propagate", True))):
+            add()
+            assert observe._direct_access_handler() is None
+            remove()
+            assert observe._direct_access_handler() is handler
+
+
+def test_warning_level_still_silences_the_access_line() -> None:
+    with only_handler("text", level=logging.WARNING) as (out, _):
+        Observer("text").finished(RequestRecord("r", protocol="openai", action="chat", status=200))
+    assert out.getvalue() == ""
+
+
+def test_a_failing_stream_is_reported_the_way_logging_reports_it(capsys: pytest.CaptureFixture[str]) -> None:
+    class Broken(io.StringIO):
+        def write(self, s: str) -> int:
+            raise OSError("disk full")
+
+    with only_handler("text") as (_, handler):
+        handler.setStream(Broken())
+        Observer("text").finished(RequestRecord("r", protocol="openai", action="chat", status=200))  # no exception
+    assert "disk full" in capsys.readouterr().err
