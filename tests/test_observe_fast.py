@@ -1,10 +1,13 @@
-"""The access line written without the logging module's record machinery is the line logging writes.
+"""What a finished request leaves behind is the same on the faster paths as on the general ones.
 
-``Observer.finished`` hands the line straight to ccproxyd's own handler when that
-handler is the only place an access record would go (the daemon as shipped).
-Both paths run here on the same records at the same instant, text and JSON, and
-must write the same bytes; any other handler, filter or level on the way sends
-the record through ``logging`` as before.
+* The access line written without the logging module's record machinery is the
+  line logging writes. ``Observer.finished`` hands the line straight to
+  ccproxyd's own handler when that handler is the only place an access record
+  would go (the daemon as shipped). Both paths run here on the same records at
+  the same instant, text and JSON, and must write the same bytes; any other
+  handler, filter or level on the way sends the record through ``logging``.
+* Usage-stats rows bound with the NULL adapter ``stats`` registers are the rows
+  sqlite3 stores without it, value and type.
 """
 
 from __future__ import annotations
@@ -12,13 +15,16 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sqlite3
+import tempfile
+from pathlib import Path
 from typing import Iterator
 from unittest import mock
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ccproxyd import observe
+from ccproxyd import observe, stats
 from ccproxyd.observe import LogFormatter, LogHandler, Observer, Redactor, RequestRecord
 
 SECRET = "sk-secret-value-0123456789"
@@ -132,3 +138,38 @@ def test_a_failing_stream_is_reported_the_way_logging_reports_it(capsys: pytest.
         handler.setStream(Broken())
         Observer("text").finished(RequestRecord("r", protocol="openai", action="chat", status=200))  # no exception
     assert "disk full" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- usage-stats rows
+
+
+def stored_rows(records: list[RequestRecord], null_adapter: bool) -> list[tuple]:
+    """Every column of every row the SQLite writer stores for ``records``, with its SQLite type."""
+    if not null_adapter:
+        adapter = sqlite3.adapters.pop(stats.NULL_ADAPTER)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            writer = stats.StatsWriter(Path(scratch, "stats.sqlite3"), retention_days=100_000)
+            writer.start()
+            for record in records:
+                writer.record(record)
+            assert writer.flush()
+            writer.close()
+            db = sqlite3.connect(writer.path)
+            typed = ", ".join(f"{c}, typeof({c})" for c in ("id", *stats._COLUMNS))
+            rows = db.execute(f"SELECT {typed} FROM requests ORDER BY id").fetchall()
+            db.close()
+    finally:
+        if not null_adapter:
+            sqlite3.adapters[stats.NULL_ADAPTER] = adapter
+    assert writer.dropped == 0
+    return rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(records(), min_size=1, max_size=20))
+def test_stats_rows_are_the_same_with_the_null_adapter(records: list[RequestRecord]) -> None:
+    assert sqlite3.adapters.get(stats.NULL_ADAPTER) is not None
+    with_adapter = stored_rows(records, null_adapter=True)
+    assert len(with_adapter) == len(records)
+    assert with_adapter == stored_rows(records, null_adapter=False)
