@@ -8,6 +8,8 @@
   handler, filter or level on the way sends the record through ``logging``.
 * Usage-stats rows bound with the NULL adapter ``stats`` registers are the rows
   sqlite3 stores without it, value and type.
+* ``Metrics.observe`` (buckets found by bisection, failures looked at only when
+  there can be one) renders the /metrics text the loop it replaced rendered.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ccproxyd import observe, stats
+from ccproxyd.metrics import _BY_NAME, _COOLING, Metrics, format_text
 from ccproxyd.observe import LogFormatter, LogHandler, Observer, Redactor, RequestRecord
 
 SECRET = "sk-secret-value-0123456789"
@@ -173,3 +176,79 @@ def test_stats_rows_are_the_same_with_the_null_adapter(records: list[RequestReco
     with_adapter = stored_rows(records, null_adapter=True)
     assert len(with_adapter) == len(records)
     assert with_adapter == stored_rows(records, null_adapter=False)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class ReferenceMetrics(Metrics):
+    """``Metrics.observe`` as it was before issue 18: every bucket tried in turn, failures always walked."""
+
+    def observe_value(self, name, labels, value):  # type: ignore[no-untyped-def]
+        buckets = _BY_NAME[name].buckets
+        values = self.samples[name]
+        counts = values.get(labels)
+        if counts is None:
+            counts = values[labels] = [0] * (len(buckets) + 2)
+        for i, bound in enumerate(buckets):
+            if value <= bound:
+                counts[i] += 1
+                break
+        counts[-2] += value
+        counts[-1] += 1
+
+    def observe(self, r):  # type: ignore[no-untyped-def]
+        if r.open_stream:
+            self.open_streams -= 1
+        if r.action == "metrics":
+            return
+        target = r.target or ""
+        alias = self._alias_label(r.group, r.alias) if r.alias else ""
+        self.inc("ccproxyd_requests_total", (r.protocol or r.action or "", r.group or "", alias, target, str(r.status)))
+        if r.route:
+            self.inc("ccproxyd_routed_requests_total", (r.group or "", *r.route.split(":", 1)))
+        served = 0 < r.status < 400 and not r.cancelled and not r.error_kind
+        if target and served:
+            self.observe_value("ccproxyd_request_duration_seconds", (target, "true" if r.stream else "false"), r.duration)
+            until = r.ttfb if r.stream and r.ttfb is not None else r.duration
+            self.observe_value("ccproxyd_overhead_seconds", (r.protocol or "", r.upstream_protocol or ""), max(0.0, until - r.upstream_seconds))
+        if target and r.ttfb is not None:
+            self.observe_value("ccproxyd_time_to_first_byte_seconds", (target,), r.ttfb)
+        for kind, count in (("input", r.input_tokens), ("output", r.output_tokens), ("cached", r.cached_tokens), ("reasoning", r.reasoning_tokens)):
+            if target and count:
+                self.inc("ccproxyd_tokens_total", (target, kind), count)
+        self._count_failures(r, target)
+
+
+_BOUNDS = sorted({b for f in _BY_NAME.values() for b in f.buckets})
+
+
+@st.composite
+def metric_records(draw: st.DrawFn) -> RequestRecord:
+    r = draw(records())
+    r.action = draw(st.sampled_from(["chat", "metrics", "generate", "unknown_path"]))
+    r.target = draw(st.sampled_from([None, "", "p/m", "p/x"]))
+    r.status = draw(st.sampled_from([0, 200, 399, 400, 429, 502, *sorted(_COOLING)]))
+    r.error_kind = draw(st.sampled_from([None, "", "shutdown", "stream_error", "upstream_error"]))
+    r.attempts = draw(st.lists(st.sampled_from(["p/m:429", "p/x:timeout", "p/m:500", "p/x:401", "a:b/c:503"]), max_size=3))
+    r.route = draw(st.one_of(st.none(), st.sampled_from(["1:fast", "2:a:b"])))
+    r.open_stream = draw(st.booleans())
+    on_a_bound = st.sampled_from(_BOUNDS)  # a value exactly on a bucket's upper bound belongs to that bucket
+    r.duration = draw(st.one_of(_seconds, on_a_bound))
+    r.ttfb = draw(st.one_of(st.none(), _seconds, on_a_bound))
+    r.upstream_seconds = draw(st.one_of(_seconds, st.just(0.0)))
+    return r
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(metric_records(), max_size=12))
+def test_metrics_text_is_the_same_as_before(records: list[RequestRecord]) -> None:
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(groups={})
+    ours, reference = Metrics(lambda: config, None), ReferenceMetrics(lambda: config, None)  # type: ignore[arg-type, return-value]
+    for r in records:
+        ours.observe(r)
+        reference.observe(r)
+    assert format_text(ours.samples) == format_text(reference.samples)
+    assert ours.open_streams == reference.open_streams
