@@ -126,6 +126,18 @@ def test_anything_else_on_the_way_sends_the_record_through_logging() -> None:
             assert observe._direct_access_handler() is handler
 
 
+def test_a_reloaded_log_format_applies_to_the_next_direct_line() -> None:
+    record = RequestRecord("r", protocol="openai", action="chat", status=200)
+    observer = Observer("text")
+    with only_handler("text") as (out, handler):
+        observer.finished(record)
+        handler.formatter.json_lines, observer.log_format = True, "json"  # what configure_logging and reload_config set
+        observer.finished(record)
+    text, json_line = out.getvalue().splitlines()
+    assert " INFO ccproxyd.access: r openai chat " in text
+    assert json_line.startswith('{"time":') and '"request_id":"r"' in json_line
+
+
 def test_warning_level_still_silences_the_access_line() -> None:
     with only_handler("text", level=logging.WARNING) as (out, _):
         Observer("text").finished(RequestRecord("r", protocol="openai", action="chat", status=200))
