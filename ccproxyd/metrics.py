@@ -14,6 +14,7 @@ predecessor's snapshot, so counters never go backwards.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fnmatch
 import logging
 import os
@@ -41,6 +42,7 @@ _COOLING = COOLING_STATUS | {401, 403}
 _LATENCY = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 _TTFB = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 _OVERHEAD = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+_TOKEN_KINDS = ("input", "output", "cached", "reasoning")
 
 Labels = tuple[str, ...]
 
@@ -117,10 +119,9 @@ class Metrics:
         counts = values.get(labels)
         if counts is None:
             counts = values[labels] = [0] * (len(buckets) + 2)
-        for i, bound in enumerate(buckets):
-            if value <= bound:
-                counts[i] += 1
-                break
+        i = bisect.bisect_left(buckets, value)  # the first bound >= value; none: only the +Inf bucket (the count)
+        if i < len(buckets) and value <= buckets[i]:  # (false for NaN, which bisect would put first)
+            counts[i] += 1
         counts[-2] += value
         counts[-1] += 1
 
@@ -142,10 +143,12 @@ class Metrics:
             self.observe_value("ccproxyd_overhead_seconds", (r.protocol or "", r.upstream_protocol or ""), max(0.0, until - r.upstream_seconds))
         if target and r.ttfb is not None:
             self.observe_value("ccproxyd_time_to_first_byte_seconds", (target,), r.ttfb)
-        for kind, count in (("input", r.input_tokens), ("output", r.output_tokens), ("cached", r.cached_tokens), ("reasoning", r.reasoning_tokens)):
-            if target and count:
-                self.inc("ccproxyd_tokens_total", (target, kind), count)
-        self._count_failures(r, target)
+        if target:
+            for kind, count in zip(_TOKEN_KINDS, (r.input_tokens, r.output_tokens, r.cached_tokens, r.reasoning_tokens)):
+                if count:
+                    self.inc("ccproxyd_tokens_total", (target, kind), count)
+        if r.attempts or r.status >= 400 or r.error_kind:  # else no failure to count
+            self._count_failures(r, target)
 
     def _count_failures(self, r: RequestRecord, target: str) -> None:
         failed = [entry.rpartition(":") for entry in r.attempts]  # "provider/model:status"; models may hold ":"

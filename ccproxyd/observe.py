@@ -80,7 +80,11 @@ class Observer:
     def finished(self, record: RequestRecord) -> None:
         record.duration = time.monotonic() - record.started
         if log.isEnabledFor(logging.INFO):
-            log.info(self.format(record), extra={"access": record})
+            handler = _direct_access_handler()
+            if handler is None:
+                log.info(self.format(record), extra={"access": record})
+            else:
+                handler.write_access(record, self.format)
         for sink in self.sinks:
             try:
                 sink(record)
@@ -194,11 +198,27 @@ class LogFormatter(logging.Formatter):
         """logging's own format, with the seconds part formatted once per second rather than once per line."""
         if datefmt is not None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self._asctime(record.created, record.msecs)
+
+    def _asctime(self, created: float, msecs: float) -> str:
+        second = int(created)
         stamp = self._stamp
         if stamp[0] != second:
-            stamp = self._stamp = (second, time.strftime(self.default_time_format, self.converter(record.created)))
-        return self.default_msec_format % (stamp[1], record.msecs)
+            stamp = self._stamp = (second, time.strftime(self.default_time_format, self.converter(created)))
+        return self.default_msec_format % (stamp[1], msecs)
+
+    def format_access(self, record: RequestRecord, message: Callable[[RequestRecord], str]) -> str:
+        """The line ``format`` gives the access logger's ``info(message(record), extra={"access": record})`` logged now."""
+        created, msecs = _now_as_log_record()
+        if not self.json_lines:
+            return self.redactor.scrub(f"{self._asctime(created, msecs)} INFO {log.name}: {message(record)}")
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": "info",
+            "logger": log.name,
+        }
+        entry.update(record.as_dict())
+        return self.redactor.scrub(orjson.dumps(entry, default=str).decode())
 
     def format(self, record: logging.LogRecord) -> str:
         if not self.json_lines:
@@ -218,18 +238,63 @@ class LogFormatter(logging.Formatter):
         return self.redactor.scrub(orjson.dumps(entry, default=str).decode())
 
 
+def _now_as_log_record() -> tuple[float, float]:
+    """``created`` and ``msecs`` as a ``logging.LogRecord`` made now would have them (3.13 reads the clock in ns)."""
+    if sys.version_info >= (3, 13):
+        ns = time.time_ns()
+        return ns / 1e9, (ns % 1_000_000_000) // 1_000_000 + 0.0
+    created = time.time()
+    return created, int((created - int(created)) * 1000) + 0.0
+
+
+class LogHandler(logging.StreamHandler):
+    """The stream handler ccproxyd installs; access lines can reach it without a ``LogRecord`` (see ``write_access``)."""
+
+    def write_access(self, record: RequestRecord, message: Callable[[RequestRecord], str]) -> None:
+        """Write the access line ``emit`` would for ``log.info(message(record), extra={"access": record})``.
+
+        Creating the ``LogRecord`` and passing it through the logger hierarchy cost
+        more than formatting and writing the line; ``_direct_access_handler`` says when
+        this handler is the only place such a record would go."""
+        assert isinstance(self.formatter, LogFormatter)
+        try:
+            line = self.formatter.format_access(record, message)
+            with self.lock:  # type: ignore[union-attr]  # (created in Handler.__init__)
+                self.stream.write(line + self.terminator)
+                self.stream.flush()
+        except Exception:  # noqa: BLE001 — the logging path reports it the way logging does
+            log.info(message(record), extra={"access": record})
+
+
 _FORMATTER: LogFormatter | None = None
+_HANDLER: LogHandler | None = None
+_ROOT = logging.getLogger()
+
+
+def _direct_access_handler() -> LogHandler | None:
+    """ccproxyd's handler when an access record would reach it and nothing else: no other handler, filter or formatter
+    on the way (a test's log capture, say). ``log.isEnabledFor`` has been checked."""
+    handler = _HANDLER
+    if handler is None or log.disabled or log.filters or handler.filters or handler.level > logging.INFO:
+        return None
+    if handler.formatter is not _FORMATTER or len(_ROOT.handlers) != 1 or _ROOT.handlers[0] is not handler:
+        return None
+    logger: Any = log
+    while logger is not _ROOT:
+        if logger.handlers or not logger.propagate:
+            return None
+        logger = logger.parent
+    return handler
 
 
 def configure_logging(config: Config) -> LogFormatter:
     """stderr (journald under systemd), one line per record, secrets scrubbed; call again after a reload."""
-    global _FORMATTER
+    global _FORMATTER, _HANDLER
     if _FORMATTER is None:
         _FORMATTER = LogFormatter()
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_FORMATTER)
-        root = logging.getLogger()
-        root.handlers[:] = [handler]
+        _HANDLER = LogHandler(sys.stderr)
+        _HANDLER.setFormatter(_FORMATTER)
+        _ROOT.handlers[:] = [_HANDLER]
     # no line shows the caller's file, thread or process: logging need not look them up for every line
     logging._srcfile = None  # type: ignore[attr-defined]  # (logging's documented switch, under "Optimization")
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
