@@ -70,6 +70,8 @@ class UpstreamClient:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit_per_host, keepalive_timeout=60, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                # no cookie jar: the session serves every access key, so an upstream's cookies must not be replayed
+                cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None),
                 auto_decompress=True,
                 json_serialize=lambda o: orjson.dumps(o).decode(),
