@@ -41,8 +41,15 @@ class UpstreamResponse:
     # awaited before each read of the body from the network: a streaming reader writes what it has
     # made of the data so far in one go there, rather than one write per event
     before_read: Callable[[], Awaitable[None]] | None = None
+    # reads the body from the network; while ``chunks`` is still its generator (nobody wrapped or replaced
+    # it), read_all reads the network directly, without a generator step per chunk
+    reader: _BodyReader | None = None
 
     async def read_all(self, limit: int) -> bytes:
+        """The whole body (what is left of it), or BadGateway once it passes ``limit`` bytes."""
+        if self.reader is not None and self.chunks is self.reader.chunks:
+            self.chunks = _NO_CHUNKS
+            return await self.reader.read_all(limit)
         parts, size = [], 0
         async for chunk in self.chunks:
             parts.append(chunk)
@@ -85,14 +92,14 @@ class UpstreamClient:
             self._session = None
 
     async def open(self, call: UpstreamCall, provider: Provider) -> UpstreamResponse:
-        """Send the request and wait for the headers; the body is read through ``chunks``."""
+        """Send the request and wait for the headers; the body is read through ``chunks`` or ``read_all``."""
         if provider.protocol == "demo":  # served in process: no connection, nothing to time out
             status, headers, chunks = demo_answer(call)
             return UpstreamResponse(status, headers, chunks, None, time.monotonic())
         t = provider.timeouts
         sent = time.monotonic()
-        deadline = sent + t.total if t.total else None
-        first_byte_by = sent + t.first_byte if t.first_byte else None
+        # one watch for the whole exchange: the headers must come within first_byte too, and all within total
+        watch = _ReadWatch(sent + t.first_byte if t.first_byte else None, sent + t.total if t.total else None, t.idle or None)
         timeout = _client_timeout(t.connect)
         kwargs: dict = {}
         if provider.proxy:
@@ -100,14 +107,21 @@ class UpstreamClient:
         if not provider.verify_tls:
             kwargs["ssl"] = False
         data = orjson.dumps(call.body) if call.method != "GET" else None
+        watch.reading()
         try:
-            async with asyncio.timeout(_seconds_left(first_byte_by, deadline)):
-                response = await self.session.request(call.method, call.url, data=data, headers=call.headers, timeout=timeout, **kwargs)
+            response = await self.session.request(call.method, call.url, data=data, headers=call.headers, timeout=timeout, **kwargs)
+        except asyncio.CancelledError:
+            why = watch.fired_for()
+            if why is None:
+                raise
+            if why == "total":
+                raise UpstreamTimeout(f"{provider.name} did not finish within {t.total:g}s") from None
+            raise UpstreamTimeout(f"{provider.name} sent no response headers within {t.first_byte:g}s") from None
         # aiohttp's own timeouts are TimeoutErrors too: they must be told apart first
         except aiohttp.ServerTimeoutError:
             raise UpstreamTimeout(f"{provider.name}: connecting took longer than {t.connect:g}s") from None
-        except TimeoutError:
-            if deadline and time.monotonic() >= deadline:
+        except TimeoutError:  # none other is known to come out of aiohttp; reported as it was before the watch
+            if watch.deadline and time.monotonic() >= watch.deadline:
                 raise UpstreamTimeout(f"{provider.name} did not finish within {t.total:g}s") from None
             raise UpstreamTimeout(f"{provider.name} sent no response headers within {t.first_byte:g}s") from None
         except aiohttp.ClientConnectorError as e:
@@ -115,8 +129,11 @@ class UpstreamClient:
             raise ConnectFailed(f"{provider.name} is unreachable ({why})") from None
         except aiohttp.ClientError as e:
             raise BadGateway(f"{provider.name}: {type(e).__name__}: {e}") from None
-        resp = UpstreamResponse(response.status, response.headers, _no_chunks(), response, time.monotonic())
-        resp.chunks = _body_chunks(resp, provider, first_byte_by, deadline)
+        finally:
+            watch.pause()
+        resp = UpstreamResponse(response.status, response.headers, _NO_CHUNKS, response, time.monotonic())
+        resp.reader = _BodyReader(resp, provider, watch)
+        resp.chunks = resp.reader.chunks
         return resp
 
     async def read_error(self, resp: UpstreamResponse) -> bytes:
@@ -135,60 +152,108 @@ def _client_timeout(connect: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=connect or None)
 
 
-def _seconds_left(*deadlines: float | None) -> float | None:
-    """Seconds to the nearest deadline; None when there is none."""
-    nearest = min((d for d in deadlines if d is not None), default=None)
-    return None if nearest is None else max(0.0, nearest - time.monotonic())
+class _NoChunks:
+    """An empty body: one shared object, where an async generator would be one per response."""
+
+    def __aiter__(self) -> _NoChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
 
 
-async def _no_chunks() -> AsyncIterator[bytes]:
-    return
-    yield b""
+_NO_CHUNKS = _NoChunks()
 
 
-async def _body_chunks(
-    owner: UpstreamResponse, provider: Provider, first_byte_by: float | None, deadline: float | None
-) -> AsyncIterator[bytes]:
-    t = provider.timeouts
-    response = owner.response
-    content = response.content
-    watch = _ReadWatch(first_byte_by, deadline, t.idle or None)
-    try:
-        while True:
-            if owner.before_read is not None:  # outside the try below: its failures are not the upstream's
-                await owner.before_read()
-            watch.reading()
-            try:
-                chunk = await content.readany()
-            except asyncio.CancelledError:
-                why = watch.fired_for()
-                if why is None:
-                    raise
-                if why == "total":
-                    raise UpstreamTimeout(f"{provider.name} did not finish within {t.total:g}s") from None
-                if why == "first":
-                    raise UpstreamTimeout(f"{provider.name} sent no data within {t.first_byte:g}s") from None
-                raise UpstreamTimeout(f"{provider.name} stalled mid-stream for {t.idle:g}s") from None
-            except aiohttp.ClientPayloadError as e:
-                raise BadGateway(f"{provider.name} broke off the response: {e}") from None
-            except aiohttp.ClientError as e:
-                raise BadGateway(f"{provider.name}: {type(e).__name__}: {e}") from None
-            finally:
-                watch.held()
-            if not chunk:
-                return
-            yield chunk
-    finally:
-        watch.stop()
-        # read to the end: the connection goes back to the pool; otherwise it is dropped, not left reading
-        response.release() if content.at_eof() else response.close()
+class _BodyReader:
+    """One upstream body read from the network under the exchange's timeouts: as ``chunks`` (a stream, or
+    a wrapper such as the body log) or whole (``read_all``). Read to its end, the connection goes back to
+    the pool; otherwise it is dropped, not left reading."""
+
+    __slots__ = ("owner", "provider", "watch", "chunks")
+
+    def __init__(self, owner: UpstreamResponse, provider: Provider, watch: _ReadWatch) -> None:
+        self.owner, self.provider, self.watch = owner, provider, watch
+        self.chunks = self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        owner, watch = self.owner, self.watch
+        assert owner.response is not None
+        content = owner.response.content
+        try:
+            while True:
+                if owner.before_read is not None:  # outside the try below: its failures are not the upstream's
+                    await owner.before_read()
+                watch.reading()
+                try:
+                    chunk = await content.readany()
+                except (asyncio.CancelledError, aiohttp.ClientError) as e:
+                    raise self._failure(e) from None
+                finally:
+                    watch.held()
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            self._done()
+
+    async def read_all(self, limit: int) -> bytes:
+        watch = self.watch
+        assert self.owner.response is not None
+        content = self.owner.response.content
+        parts, size = [], 0
+        try:
+            while True:
+                try:
+                    chunk = content.read_nowait()  # what has come already: taking it waits for nothing, so no timer
+                    if chunk:
+                        watch.first = False  # the first bytes came: from here on, idle applies
+                    elif not content.at_eof():
+                        watch.reading()
+                        try:
+                            chunk = await content.readany()
+                        finally:
+                            watch.held()
+                except (asyncio.CancelledError, aiohttp.ClientError) as e:
+                    raise self._failure(e) from None
+                if not chunk:
+                    return parts[0] if len(parts) == 1 else b"".join(parts)
+                parts.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise BadGateway(f"upstream response is larger than {limit} bytes")
+        finally:
+            self._done()
+
+    def _failure(self, e: BaseException) -> BaseException:
+        """What a failed read raises: the timeout that cancelled it, the upstream's fault, or (a cancellation
+        from elsewhere) the error itself."""
+        name, t = self.provider.name, self.provider.timeouts
+        if isinstance(e, aiohttp.ClientPayloadError):
+            return BadGateway(f"{name} broke off the response: {e}")
+        if isinstance(e, aiohttp.ClientError):
+            return BadGateway(f"{name}: {type(e).__name__}: {e}")
+        why = self.watch.fired_for()
+        if why is None:
+            return e
+        if why == "total":
+            return UpstreamTimeout(f"{name} did not finish within {t.total:g}s")
+        if why == "first":
+            return UpstreamTimeout(f"{name} sent no data within {t.first_byte:g}s")
+        return UpstreamTimeout(f"{name} stalled mid-stream for {t.idle:g}s")
+
+    def _done(self) -> None:
+        self.watch.stop()
+        response = self.owner.response
+        assert response is not None
+        response.release() if response.content.at_eof() else response.close()
 
 
 class _ReadWatch:
-    """The first-byte, idle and total timeouts of one body read, with one timer per stream rather than
-    an ``asyncio.timeout`` armed and cancelled around every chunk: a chunk only notes the time its read
-    began; the timer, when it comes due, checks whether the read under way has waited too long (then it
-    cancels the reading task, like ``asyncio.timeout``) or sets itself for when it could have.
+    """The first-byte, idle and total timeouts of one exchange (the wait for the headers, then the body's
+    reads), with one timer rather than an ``asyncio.timeout`` armed and cancelled around every wait: a read
+    only notes the time it began; the timer, when it comes due, checks whether the read under way has waited
+    too long (then it cancels the reading task, like ``asyncio.timeout``) or sets itself for when it could have.
     The time the reader holds a chunk (writing it to the client) counts for none of the limits, except
     that a read begun after the total deadline fails as soon as it would wait."""
 
@@ -222,6 +287,13 @@ class _ReadWatch:
             self.first = False
             if self._timer is not None:
                 self._arm(time.monotonic())
+
+    def pause(self) -> None:
+        """The headers came: nothing is timed until the body's first read, which another task may make.
+        That read is still held to the first-byte limit."""
+        self.stop()
+        self.since = None
+        self._task = None
 
     def fired_for(self) -> str | None:
         """Why the watch cancelled the read (``first``, ``idle``, ``total``), or None when it did not."""

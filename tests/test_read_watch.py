@@ -1,6 +1,6 @@
 """The upstream body's timeouts with one timer per read (issue 18): what counts against first_byte, idle and total.
 
-A fake response body feeds ``_body_chunks`` exactly what each test scripts;
+A fake response body feeds the body reader exactly what each test scripts;
 only the waits on the upstream count, never the time the reader holds a chunk.
 """
 
@@ -13,7 +13,7 @@ import pytest
 
 from ccproxyd.config import Provider, Timeouts
 from ccproxyd.errors import UpstreamTimeout
-from ccproxyd.upstream import UpstreamResponse, _body_chunks
+from ccproxyd.upstream import UpstreamResponse, _BodyReader, _ReadWatch
 
 
 class FakeContent:
@@ -55,7 +55,8 @@ def body(first_byte: float = 0, idle: float = 0, total: float = 0) -> tuple[Fake
     raw = FakeResponse()
     now = time.monotonic()
     resp = UpstreamResponse(200, {}, None, raw, now)  # type: ignore[arg-type]
-    resp.chunks = _body_chunks(resp, provider, now + first_byte if first_byte else None, now + total if total else None)
+    resp.reader = _BodyReader(resp, provider, _ReadWatch(now + first_byte if first_byte else None, now + total if total else None, idle or None))
+    resp.chunks = resp.reader.chunks
     return raw, resp
 
 
