@@ -33,6 +33,10 @@ class ConnectFailed(BadGateway):
 
 @dataclass(slots=True)
 class UpstreamResponse:
+    """An upstream's answer: status and headers, and the body, read from the network under the exchange's
+    timeouts as ``chunks`` (a stream, or a wrapper such as the body log) or whole (``read_all``). Read to
+    its end, the connection goes back to the pool; otherwise it is dropped, not left reading."""
+
     status: int
     headers: Mapping[str, str]
     chunks: AsyncIterator[bytes]
@@ -41,15 +45,17 @@ class UpstreamResponse:
     # awaited before each read of the body from the network: a streaming reader writes what it has
     # made of the data so far in one go there, rather than one write per event
     before_read: Callable[[], Awaitable[None]] | None = None
-    # reads the body from the network; while ``chunks`` is still its generator (nobody wrapped or replaced
-    # it), read_all reads the network directly, without a generator step per chunk
-    reader: _BodyReader | None = None
+    provider: Provider | None = None  # whose timeouts and name the body's errors carry (None: the demo provider)
+    watch: _ReadWatch | None = None  # the exchange's timeouts, carried on from the wait for the headers
+    # the generator open() put in ``chunks``: while ``chunks`` is still it (nobody wrapped or replaced it),
+    # read_all reads the network directly, without a generator step per chunk
+    network_chunks: AsyncIterator[bytes] | None = None
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body (what is left of it), or BadGateway once it passes ``limit`` bytes."""
-        if self.reader is not None and self.chunks is self.reader.chunks:
-            self.chunks = _NO_CHUNKS
-            return await self.reader.read_all(limit)
+        if self.network_chunks is not None and self.chunks is self.network_chunks:
+            self.chunks, self.network_chunks = _NO_CHUNKS, None  # the unused generator goes, and its hold on self
+            return await self._read_whole(limit)
         parts, size = [], 0
         async for chunk in self.chunks:
             parts.append(chunk)
@@ -62,6 +68,77 @@ class UpstreamResponse:
         """Drop the connection unless the body was read to its end (then it went back to the pool already)."""
         if self.response is not None:
             self.response.close()
+
+    async def read_chunks(self) -> AsyncIterator[bytes]:
+        """The body from the network, chunk by chunk as it comes."""
+        assert self.response is not None and self.watch is not None
+        content, watch = self.response.content, self.watch
+        try:
+            while True:
+                if self.before_read is not None:  # outside the try below: its failures are not the upstream's
+                    await self.before_read()
+                watch.reading()
+                try:
+                    chunk = await content.readany()
+                except (asyncio.CancelledError, aiohttp.ClientError) as e:
+                    raise self._failure(e) from None
+                finally:
+                    watch.held()
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            self._done()
+
+    async def _read_whole(self, limit: int) -> bytes:
+        assert self.response is not None and self.watch is not None
+        content, watch = self.response.content, self.watch
+        parts, size = [], 0
+        try:
+            while True:
+                try:
+                    chunk = content.read_nowait()  # what has come already: taking it waits for nothing, so no timer
+                    if chunk:
+                        watch.first = False  # the first bytes came: from here on, idle applies
+                    elif not content.at_eof():
+                        watch.reading()
+                        try:
+                            chunk = await content.readany()
+                        finally:
+                            watch.held()
+                except (asyncio.CancelledError, aiohttp.ClientError) as e:
+                    raise self._failure(e) from None
+                if not chunk:
+                    return parts[0] if len(parts) == 1 else b"".join(parts)
+                parts.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise BadGateway(f"upstream response is larger than {limit} bytes")
+        finally:
+            self._done()
+
+    def _failure(self, e: BaseException) -> BaseException:
+        """What a failed read raises: the timeout that cancelled it, the upstream's fault, or (a cancellation
+        from elsewhere) the error itself."""
+        assert self.provider is not None and self.watch is not None
+        name, t = self.provider.name, self.provider.timeouts
+        if isinstance(e, aiohttp.ClientPayloadError):
+            return BadGateway(f"{name} broke off the response: {e}")
+        if isinstance(e, aiohttp.ClientError):
+            return BadGateway(f"{name}: {type(e).__name__}: {e}")
+        why = self.watch.fired_for()
+        if why is None:
+            return e
+        if why == "total":
+            return UpstreamTimeout(f"{name} did not finish within {t.total:g}s")
+        if why == "first":
+            return UpstreamTimeout(f"{name} sent no data within {t.first_byte:g}s")
+        return UpstreamTimeout(f"{name} stalled mid-stream for {t.idle:g}s")
+
+    def _done(self) -> None:
+        assert self.response is not None and self.watch is not None
+        self.watch.stop()
+        self.response.release() if self.response.content.at_eof() else self.response.close()
 
 
 class UpstreamClient:
@@ -131,9 +208,8 @@ class UpstreamClient:
             raise BadGateway(f"{provider.name}: {type(e).__name__}: {e}") from None
         finally:
             watch.pause()
-        resp = UpstreamResponse(response.status, response.headers, _NO_CHUNKS, response, time.monotonic())
-        resp.reader = _BodyReader(resp, provider, watch)
-        resp.chunks = resp.reader.chunks
+        resp = UpstreamResponse(response.status, response.headers, _NO_CHUNKS, response, time.monotonic(), provider=provider, watch=watch)
+        resp.chunks = resp.network_chunks = resp.read_chunks()
         return resp
 
     async def read_error(self, resp: UpstreamResponse) -> bytes:
@@ -163,90 +239,6 @@ class _NoChunks:
 
 
 _NO_CHUNKS = _NoChunks()
-
-
-class _BodyReader:
-    """One upstream body read from the network under the exchange's timeouts: as ``chunks`` (a stream, or
-    a wrapper such as the body log) or whole (``read_all``). Read to its end, the connection goes back to
-    the pool; otherwise it is dropped, not left reading."""
-
-    __slots__ = ("owner", "provider", "watch", "chunks")
-
-    def __init__(self, owner: UpstreamResponse, provider: Provider, watch: _ReadWatch) -> None:
-        self.owner, self.provider, self.watch = owner, provider, watch
-        self.chunks = self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        owner, watch = self.owner, self.watch
-        assert owner.response is not None
-        content = owner.response.content
-        try:
-            while True:
-                if owner.before_read is not None:  # outside the try below: its failures are not the upstream's
-                    await owner.before_read()
-                watch.reading()
-                try:
-                    chunk = await content.readany()
-                except (asyncio.CancelledError, aiohttp.ClientError) as e:
-                    raise self._failure(e) from None
-                finally:
-                    watch.held()
-                if not chunk:
-                    return
-                yield chunk
-        finally:
-            self._done()
-
-    async def read_all(self, limit: int) -> bytes:
-        watch = self.watch
-        assert self.owner.response is not None
-        content = self.owner.response.content
-        parts, size = [], 0
-        try:
-            while True:
-                try:
-                    chunk = content.read_nowait()  # what has come already: taking it waits for nothing, so no timer
-                    if chunk:
-                        watch.first = False  # the first bytes came: from here on, idle applies
-                    elif not content.at_eof():
-                        watch.reading()
-                        try:
-                            chunk = await content.readany()
-                        finally:
-                            watch.held()
-                except (asyncio.CancelledError, aiohttp.ClientError) as e:
-                    raise self._failure(e) from None
-                if not chunk:
-                    return parts[0] if len(parts) == 1 else b"".join(parts)
-                parts.append(chunk)
-                size += len(chunk)
-                if size > limit:
-                    raise BadGateway(f"upstream response is larger than {limit} bytes")
-        finally:
-            self._done()
-
-    def _failure(self, e: BaseException) -> BaseException:
-        """What a failed read raises: the timeout that cancelled it, the upstream's fault, or (a cancellation
-        from elsewhere) the error itself."""
-        name, t = self.provider.name, self.provider.timeouts
-        if isinstance(e, aiohttp.ClientPayloadError):
-            return BadGateway(f"{name} broke off the response: {e}")
-        if isinstance(e, aiohttp.ClientError):
-            return BadGateway(f"{name}: {type(e).__name__}: {e}")
-        why = self.watch.fired_for()
-        if why is None:
-            return e
-        if why == "total":
-            return UpstreamTimeout(f"{name} did not finish within {t.total:g}s")
-        if why == "first":
-            return UpstreamTimeout(f"{name} sent no data within {t.first_byte:g}s")
-        return UpstreamTimeout(f"{name} stalled mid-stream for {t.idle:g}s")
-
-    def _done(self) -> None:
-        self.watch.stop()
-        response = self.owner.response
-        assert response is not None
-        response.release() if response.content.at_eof() else response.close()
 
 
 class _ReadWatch:
