@@ -33,6 +33,10 @@ class ConnectFailed(BadGateway):
 
 @dataclass(slots=True)
 class UpstreamResponse:
+    """An upstream's answer: status and headers, and the body, read from the network under the exchange's
+    timeouts as ``chunks`` (a stream, or a wrapper such as the body log) or whole (``read_all``). Read to
+    its end, the connection goes back to the pool; otherwise it is dropped, not left reading."""
+
     status: int
     headers: Mapping[str, str]
     chunks: AsyncIterator[bytes]
@@ -41,8 +45,17 @@ class UpstreamResponse:
     # awaited before each read of the body from the network: a streaming reader writes what it has
     # made of the data so far in one go there, rather than one write per event
     before_read: Callable[[], Awaitable[None]] | None = None
+    provider: Provider | None = None  # whose timeouts and name the body's errors carry (None: the demo provider)
+    watch: _ReadWatch | None = None  # the exchange's timeouts, carried on from the wait for the headers
+    # the generator open() put in ``chunks``: while ``chunks`` is still it (nobody wrapped or replaced it),
+    # read_all reads the network directly, without a generator step per chunk
+    network_chunks: AsyncIterator[bytes] | None = None
 
     async def read_all(self, limit: int) -> bytes:
+        """The whole body (what is left of it), or BadGateway once it passes ``limit`` bytes."""
+        if self.network_chunks is not None and self.chunks is self.network_chunks:
+            self.chunks, self.network_chunks = _NO_CHUNKS, None  # the unused generator goes, and its hold on self
+            return await self._read_whole(limit)
         parts, size = [], 0
         async for chunk in self.chunks:
             parts.append(chunk)
@@ -55,6 +68,77 @@ class UpstreamResponse:
         """Drop the connection unless the body was read to its end (then it went back to the pool already)."""
         if self.response is not None:
             self.response.close()
+
+    async def read_chunks(self) -> AsyncIterator[bytes]:
+        """The body from the network, chunk by chunk as it comes."""
+        assert self.response is not None and self.watch is not None
+        content, watch = self.response.content, self.watch
+        try:
+            while True:
+                if self.before_read is not None:  # outside the try below: its failures are not the upstream's
+                    await self.before_read()
+                watch.reading()
+                try:
+                    chunk = await content.readany()
+                except (asyncio.CancelledError, aiohttp.ClientError) as e:
+                    raise self._failure(e) from None
+                finally:
+                    watch.held()
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            self._done()
+
+    async def _read_whole(self, limit: int) -> bytes:
+        assert self.response is not None and self.watch is not None
+        content, watch = self.response.content, self.watch
+        parts, size = [], 0
+        try:
+            while True:
+                try:
+                    chunk = content.read_nowait()  # what has come already: taking it waits for nothing, so no timer
+                    if chunk:
+                        watch.first = False  # the first bytes came: from here on, idle applies
+                    elif not content.at_eof():
+                        watch.reading()
+                        try:
+                            chunk = await content.readany()
+                        finally:
+                            watch.held()
+                except (asyncio.CancelledError, aiohttp.ClientError) as e:
+                    raise self._failure(e) from None
+                if not chunk:
+                    return parts[0] if len(parts) == 1 else b"".join(parts)
+                parts.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise BadGateway(f"upstream response is larger than {limit} bytes")
+        finally:
+            self._done()
+
+    def _failure(self, e: BaseException) -> BaseException:
+        """What a failed read raises: the timeout that cancelled it, the upstream's fault, or (a cancellation
+        from elsewhere) the error itself."""
+        assert self.provider is not None and self.watch is not None
+        name, t = self.provider.name, self.provider.timeouts
+        if isinstance(e, aiohttp.ClientPayloadError):
+            return BadGateway(f"{name} broke off the response: {e}")
+        if isinstance(e, aiohttp.ClientError):
+            return BadGateway(f"{name}: {type(e).__name__}: {e}")
+        why = self.watch.fired_for()
+        if why is None:
+            return e
+        if why == "total":
+            return UpstreamTimeout(f"{name} did not finish within {t.total:g}s")
+        if why == "first":
+            return UpstreamTimeout(f"{name} sent no data within {t.first_byte:g}s")
+        return UpstreamTimeout(f"{name} stalled mid-stream for {t.idle:g}s")
+
+    def _done(self) -> None:
+        assert self.response is not None and self.watch is not None
+        self.watch.stop()
+        self.response.release() if self.response.content.at_eof() else self.response.close()
 
 
 class UpstreamClient:
@@ -70,6 +154,8 @@ class UpstreamClient:
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit_per_host, keepalive_timeout=60, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                # no cookie jar: the session serves every access key, so an upstream's cookies must not be replayed
+                cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=None),
                 auto_decompress=True,
                 json_serialize=lambda o: orjson.dumps(o).decode(),
@@ -83,14 +169,14 @@ class UpstreamClient:
             self._session = None
 
     async def open(self, call: UpstreamCall, provider: Provider) -> UpstreamResponse:
-        """Send the request and wait for the headers; the body is read through ``chunks``."""
+        """Send the request and wait for the headers; the body is read through ``chunks`` or ``read_all``."""
         if provider.protocol == "demo":  # served in process: no connection, nothing to time out
             status, headers, chunks = demo_answer(call)
             return UpstreamResponse(status, headers, chunks, None, time.monotonic())
         t = provider.timeouts
         sent = time.monotonic()
-        deadline = sent + t.total if t.total else None
-        first_byte_by = sent + t.first_byte if t.first_byte else None
+        # one watch for the whole exchange: the headers must come within first_byte too, and all within total
+        watch = _ReadWatch(sent + t.first_byte if t.first_byte else None, sent + t.total if t.total else None, t.idle or None)
         timeout = _client_timeout(t.connect)
         kwargs: dict = {}
         if provider.proxy:
@@ -98,14 +184,21 @@ class UpstreamClient:
         if not provider.verify_tls:
             kwargs["ssl"] = False
         data = orjson.dumps(call.body) if call.method != "GET" else None
+        watch.reading()
         try:
-            async with asyncio.timeout(_seconds_left(first_byte_by, deadline)):
-                response = await self.session.request(call.method, call.url, data=data, headers=call.headers, timeout=timeout, **kwargs)
+            response = await self.session.request(call.method, call.url, data=data, headers=call.headers, timeout=timeout, **kwargs)
+        except asyncio.CancelledError:
+            why = watch.fired_for()
+            if why is None:
+                raise
+            if why == "total":
+                raise UpstreamTimeout(f"{provider.name} did not finish within {t.total:g}s") from None
+            raise UpstreamTimeout(f"{provider.name} sent no response headers within {t.first_byte:g}s") from None
         # aiohttp's own timeouts are TimeoutErrors too: they must be told apart first
         except aiohttp.ServerTimeoutError:
             raise UpstreamTimeout(f"{provider.name}: connecting took longer than {t.connect:g}s") from None
-        except TimeoutError:
-            if deadline and time.monotonic() >= deadline:
+        except TimeoutError:  # none other is known to come out of aiohttp; reported as it was before the watch
+            if watch.deadline and time.monotonic() >= watch.deadline:
                 raise UpstreamTimeout(f"{provider.name} did not finish within {t.total:g}s") from None
             raise UpstreamTimeout(f"{provider.name} sent no response headers within {t.first_byte:g}s") from None
         except aiohttp.ClientConnectorError as e:
@@ -113,8 +206,10 @@ class UpstreamClient:
             raise ConnectFailed(f"{provider.name} is unreachable ({why})") from None
         except aiohttp.ClientError as e:
             raise BadGateway(f"{provider.name}: {type(e).__name__}: {e}") from None
-        resp = UpstreamResponse(response.status, response.headers, _no_chunks(), response, time.monotonic())
-        resp.chunks = _body_chunks(resp, provider, first_byte_by, deadline)
+        finally:
+            watch.pause()
+        resp = UpstreamResponse(response.status, response.headers, _NO_CHUNKS, response, time.monotonic(), provider=provider, watch=watch)
+        resp.chunks = resp.network_chunks = resp.read_chunks()
         return resp
 
     async def read_error(self, resp: UpstreamResponse) -> bytes:
@@ -133,60 +228,24 @@ def _client_timeout(connect: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=connect or None)
 
 
-def _seconds_left(*deadlines: float | None) -> float | None:
-    """Seconds to the nearest deadline; None when there is none."""
-    nearest = min((d for d in deadlines if d is not None), default=None)
-    return None if nearest is None else max(0.0, nearest - time.monotonic())
+class _NoChunks:
+    """An empty body: one shared object, where an async generator would be one per response."""
+
+    def __aiter__(self) -> _NoChunks:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
 
 
-async def _no_chunks() -> AsyncIterator[bytes]:
-    return
-    yield b""
-
-
-async def _body_chunks(
-    owner: UpstreamResponse, provider: Provider, first_byte_by: float | None, deadline: float | None
-) -> AsyncIterator[bytes]:
-    t = provider.timeouts
-    response = owner.response
-    content = response.content
-    watch = _ReadWatch(first_byte_by, deadline, t.idle or None)
-    try:
-        while True:
-            if owner.before_read is not None:  # outside the try below: its failures are not the upstream's
-                await owner.before_read()
-            watch.reading()
-            try:
-                chunk = await content.readany()
-            except asyncio.CancelledError:
-                why = watch.fired_for()
-                if why is None:
-                    raise
-                if why == "total":
-                    raise UpstreamTimeout(f"{provider.name} did not finish within {t.total:g}s") from None
-                if why == "first":
-                    raise UpstreamTimeout(f"{provider.name} sent no data within {t.first_byte:g}s") from None
-                raise UpstreamTimeout(f"{provider.name} stalled mid-stream for {t.idle:g}s") from None
-            except aiohttp.ClientPayloadError as e:
-                raise BadGateway(f"{provider.name} broke off the response: {e}") from None
-            except aiohttp.ClientError as e:
-                raise BadGateway(f"{provider.name}: {type(e).__name__}: {e}") from None
-            finally:
-                watch.held()
-            if not chunk:
-                return
-            yield chunk
-    finally:
-        watch.stop()
-        # read to the end: the connection goes back to the pool; otherwise it is dropped, not left reading
-        response.release() if content.at_eof() else response.close()
+_NO_CHUNKS = _NoChunks()
 
 
 class _ReadWatch:
-    """The first-byte, idle and total timeouts of one body read, with one timer per stream rather than
-    an ``asyncio.timeout`` armed and cancelled around every chunk: a chunk only notes the time its read
-    began; the timer, when it comes due, checks whether the read under way has waited too long (then it
-    cancels the reading task, like ``asyncio.timeout``) or sets itself for when it could have.
+    """The first-byte, idle and total timeouts of one exchange (the wait for the headers, then the body's
+    reads), with one timer rather than an ``asyncio.timeout`` armed and cancelled around every wait: a read
+    only notes the time it began; the timer, when it comes due, checks whether the read under way has waited
+    too long (then it cancels the reading task, like ``asyncio.timeout``) or sets itself for when it could have.
     The time the reader holds a chunk (writing it to the client) counts for none of the limits, except
     that a read begun after the total deadline fails as soon as it would wait."""
 
@@ -220,6 +279,13 @@ class _ReadWatch:
             self.first = False
             if self._timer is not None:
                 self._arm(time.monotonic())
+
+    def pause(self) -> None:
+        """The headers came: nothing is timed until the body's first read, which another task may make.
+        That read is still held to the first-byte limit."""
+        self.stop()
+        self.since = None
+        self._task = None
 
     def fired_for(self) -> str | None:
         """Why the watch cancelled the read (``first``, ``idle``, ``total``), or None when it did not."""

@@ -1,6 +1,6 @@
 """The upstream body's timeouts with one timer per read (issue 18): what counts against first_byte, idle and total.
 
-A fake response body feeds ``_body_chunks`` exactly what each test scripts;
+A fake response body feeds the body reader exactly what each test scripts;
 only the waits on the upstream count, never the time the reader holds a chunk.
 """
 
@@ -13,7 +13,7 @@ import pytest
 
 from ccproxyd.config import Provider, Timeouts
 from ccproxyd.errors import UpstreamTimeout
-from ccproxyd.upstream import UpstreamResponse, _body_chunks
+from ccproxyd.upstream import UpstreamResponse, _ReadWatch
 
 
 class FakeContent:
@@ -54,8 +54,9 @@ def body(first_byte: float = 0, idle: float = 0, total: float = 0) -> tuple[Fake
     provider = Provider("p", "openai", "http://127.0.0.1:9/v1", timeouts=Timeouts(connect=1, first_byte=first_byte, idle=idle, total=total))
     raw = FakeResponse()
     now = time.monotonic()
-    resp = UpstreamResponse(200, {}, None, raw, now)  # type: ignore[arg-type]
-    resp.chunks = _body_chunks(resp, provider, now + first_byte if first_byte else None, now + total if total else None)
+    watch = _ReadWatch(now + first_byte if first_byte else None, now + total if total else None, idle or None)
+    resp = UpstreamResponse(200, {}, None, raw, now, provider=provider, watch=watch)  # type: ignore[arg-type]
+    resp.chunks = resp.read_chunks()
     return raw, resp
 
 
