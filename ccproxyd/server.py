@@ -1,8 +1,9 @@
-"""The aiohttp application: one catch-all route, middlewares, and the app's lifecycle.
+"""The aiohttp application: one catch-all route, its request pipeline, and the app's lifecycle.
 
-Middlewares, outermost first: ``errors`` (request id, record, any failure →
-the client protocol's error shape), ``auth`` (access keys). The handler then
-dispatches on the parsed Route's action.
+:func:`serve` takes every request through, in order: request id and record,
+the route (:func:`~ccproxyd.paths.parse_path`), the access key, the key's
+limits, then :func:`handle`, which dispatches on the route's action; any
+failure becomes the client protocol's error shape.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sqlite3
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 from urllib.parse import quote
 
 import orjson
@@ -49,7 +50,6 @@ from .upstream import UpstreamClient
 
 log = logging.getLogger("ccproxyd")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _OPEN_ACTIONS = frozenset({"root", "health", "ui_asset"})
 _UNLOGGED = frozenset({"ui", "admin_read"})  # the status page polls these every second
@@ -101,7 +101,6 @@ class AppState:
 
 STATE = web.AppKey("ccproxyd_state", AppState)
 RECORD = web.RequestKey("ccproxyd_record", RequestRecord)
-ROUTE = web.RequestKey("ccproxyd_route", Route)
 ACCESS_KEY = web.RequestKey("ccproxyd_access_key", AccessKey)  # the key the client authenticated with
 
 
@@ -123,7 +122,7 @@ def reload_config(app: web.Application, path: str | None = None) -> Config | Non
     return new
 
 
-# ---------------------------------------------------------------- middlewares
+# ---------------------------------------------------------------- the request pipeline
 
 
 def _error_response(protocol: str | None, err: ProxyError, config: Config) -> web.Response:
@@ -147,8 +146,13 @@ def _refused_before_routing(record: RequestRecord, e: PathNotFound, action: str,
     return e.protocol
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def serve(request: web.Request) -> web.StreamResponse:
+    """Every request, in order: a request id and record, the route, the access key, the key's limits, then
+    :func:`handle`; any failure becomes the client protocol's error shape.
+
+    One coroutine, not a chain of aiohttp middlewares: with any middleware registered, aiohttp wraps the
+    handler in each one plus one of its own, and every resumption of the request's task (each upstream
+    read, each write) passes through all of those frames again."""
     state = request.app[STATE]
     given = request.headers.get("x-request-id", "")
     record = RequestRecord(given if _REQUEST_ID.match(given) else os.urandom(16).hex())  # uuid4().hex's shape, at a fifth of its cost
@@ -170,9 +174,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if route.protocol is not None and route.protocol not in ADAPTERS:
             raise NotFound(f"the {route.protocol} protocol is not served by this build")
         protocol = route.protocol
-        request[ROUTE] = route
         record.protocol, record.action = route.protocol, route.action
-        response = await handler(request)
+        config = state.config
+        key = authenticate(request, state, config, route)
+        if key is not None:
+            request[ACCESS_KEY] = key
+            record.key_name = key.name
+        limited = key is not None and bool(key.limits) and route.action not in _FREE_ACTIONS and request.method != "OPTIONS"
+        lease = await state.limiter.admit(key, request.content_length, config.state.on_state_error) if limited else None  # type: ignore[arg-type]
+        try:
+            response = await handle(request, state, route, record, key)
+        finally:
+            if limited:
+                _settle(state, lease, record, config)
         record.status = record.status or response.status
         return response
     except ProxyError as e:
@@ -215,21 +229,17 @@ def find_key(keys: tuple[AccessKey, ...], presented: str) -> AccessKey | None:
     return found
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    route = request.get(ROUTE)
-    if route is None or route.action in _OPEN_ACTIONS or request.method == "OPTIONS":
-        return await handler(request)
-    state = request.app[STATE]
-    config = state.config
-    if not config.keys:
-        return await handler(request)
+def authenticate(request: web.Request, state: AppState, config: Config, route: Route) -> AccessKey | None:
+    """The access key the request presents, checked; None where no key is asked for.
+    Raises AuthError for a missing or wrong key, RateLimited for an address locked out by wrong ones."""
+    if route.action in _OPEN_ACTIONS or request.method == "OPTIONS" or not config.keys:
+        return None
     if route.action == "metrics" and config.server.metrics_public:
-        return await handler(request)
+        return None
     remote = request.remote or ""
     presented = _presented_key(request)
     if not presented and route.protocol in config.server.keyless_loopback and is_loopback(remote):
-        return await handler(request)  # no key is fine there; a wrong one is not
+        return None  # no key is fine there; a wrong one is not
     per_minute = config.server.auth_failures_per_minute
     if _auth_blocked(state, remote, per_minute):  # before comparing: a blocked address learns nothing
         raise _locked_out(state, remote)
@@ -238,34 +248,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if presented:  # a wrong key is a guess; a missing one is not, and must not lock the address out
             _note_auth_failure(state, remote, per_minute)
         raise AuthError("missing access key" if not presented else "invalid access key")
-    request[ACCESS_KEY] = key
-    request[RECORD].key_name = key.name
-    return await handler(request)
+    return key
 
 
 # Actions that do not reach an upstream cost a key nothing.
 _FREE_ACTIONS = frozenset({"models", "show", "version", "root", "health", "metrics", "mcp_sse", "mcp_http"})
 
 
-@web.middleware
-async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A key with limits is admitted (or refused with 429) before its request is dispatched, and charged after."""
-    if not request.app[STATE].config.keys:  # auth off: no key, no limits (and no KeyError from request.get)
-        return await handler(request)
-    key = request.get(ACCESS_KEY)
-    route = request.get(ROUTE)
-    if key is None or not key.limits or route is None or route.action in _FREE_ACTIONS or request.method == "OPTIONS":
-        return await handler(request)
-    state = request.app[STATE]
-    config = state.config
-    lease: Lease | None = await state.limiter.admit(key, request.content_length, config.state.on_state_error)
-    try:
-        return await handler(request)
-    finally:  # off the response's path: the client does not wait for the accounting (in this process it is instant: no task)
-        if state.limiter.state.shared:
-            state.background(state.limiter.finish(lease, request[RECORD], config.prices))
-        else:
-            state.limiter.finish_now(lease, request[RECORD], config.prices)
+def _settle(state: AppState, lease: Lease | None, record: RequestRecord, config: Config) -> None:
+    """Charge a key with limits for what its request used, off the response's path: the client does not
+    wait for the accounting (in this process it is instant: no task)."""
+    if state.limiter.state.shared:
+        state.background(state.limiter.finish(lease, record, config.prices))
+    else:
+        state.limiter.finish_now(lease, record, config.prices)
 
 
 def _auth_blocked(state: AppState, remote: str, per_minute: int) -> bool:
@@ -321,12 +317,10 @@ def lockout_exempt(remote: str, specs: tuple[str, ...]) -> bool:
 # ---------------------------------------------------------------- the handler
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+async def handle(request: web.Request, state: AppState, route: Route, record: RequestRecord,
+                 key: AccessKey | None) -> web.StreamResponse:
+    """The answer to an authenticated, admitted request, by its route's action."""
     config = state.config
-    route = request[ROUTE]
-    record = request[RECORD]
-    key = request.get(ACCESS_KEY)
     key_groups = key.groups if key else ()
     action = route.action
     dispatcher = state.dispatcher
@@ -476,9 +470,9 @@ def create_app(config: Config) -> web.Application:
     state.observer.sinks.append(state.metrics.observe)
     state.observer.sinks.append(state.recent.finished)
     state.reload = lambda: reload_config(app)
-    app = web.Application(middlewares=[errors_middleware, auth_middleware, limits_middleware], client_max_size=config.server.max_body_bytes)
+    app = web.Application(client_max_size=config.server.max_body_bytes)  # no middlewares: serve() is the pipeline
     app[STATE] = state
-    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)  # every path, even one with a newline in it
+    app.router.add_route("*", r"/{tail:[\s\S]*}", serve)  # every path, even one with a newline in it
     app.on_response_prepare.append(_on_prepare)
     app.on_response_prepare.append(state.metrics.on_response_prepare)
     app.cleanup_ctx.append(_shared_state_ctx)
