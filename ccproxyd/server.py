@@ -164,7 +164,7 @@ async def serve(request: web.Request) -> web.StreamResponse:
     state.requests.add(task)  # type: ignore[arg-type]
     try:
         try:
-            route = parse_path(request.method, request.path, dict(request.query), client_hint(request.headers))
+            route = parse_path(request.method, request.path, request.query, client_hint(request.headers))
         except MethodNotAllowed as e:
             protocol = _refused_before_routing(record, e, "method_not_allowed", request.path)
             raise MethodNotAllowedError(f"{request.method} is not allowed on {request.path}") from None
