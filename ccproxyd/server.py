@@ -413,29 +413,35 @@ def _health(request: web.Request, state: AppState) -> web.Response:
 # ---------------------------------------------------------------- CORS and common headers
 
 
-async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+async def _on_prepare(state: AppState, request: web.Request, response: web.StreamResponse) -> None:
+    """The headers of every response, errors and streams included (bound to the app's state in create_app)."""
+    headers = response.headers
     record = request.get(RECORD)
-    if record is not None:  # on every response, errors and streams included
-        response.headers["x-request-id"] = record.request_id
+    if record is not None:
+        headers["x-request-id"] = record.request_id
         if record.target:
-            response.headers["x-ccproxy-target"] = record.target
+            headers["x-ccproxy-target"] = record.target
         if record.route:
-            response.headers["x-ccproxy-route"] = record.route
+            headers["x-ccproxy-route"] = record.route
         overhead = max(0.0, time.monotonic() - record.started - record.upstream_seconds)
-        response.headers["x-ccproxy-overhead-ms"] = f"{overhead * 1000:.2f}"
-    response.headers.update(request.get(CLIENT_HEADERS) or {})
-    origins = request.app[STATE].config.server.cors_origins
-    origin = request.headers.get("origin")
-    if origins and origin and (origin in origins or "*" in origins):
-        response.headers["access-control-allow-origin"] = origin
-        response.headers["vary"] = "origin"
+        headers["x-ccproxy-overhead-ms"] = f"{overhead * 1000:.2f}"
+    client_headers = request.get(CLIENT_HEADERS)
+    if client_headers:
+        headers.update(client_headers)
+    origins = state.config.server.cors_origins
+    origin = request.headers.get("origin") if origins else None
+    if origin and (origin in origins or "*" in origins):
+        headers["access-control-allow-origin"] = origin
+        headers["vary"] = "origin"
         if request.method == "OPTIONS":
-            response.headers["access-control-allow-methods"] = "GET, POST, DELETE, OPTIONS"
-            response.headers["access-control-allow-headers"] = request.headers.get("access-control-request-headers", "*")
-            response.headers["access-control-max-age"] = "600"
+            headers["access-control-allow-methods"] = "GET, POST, DELETE, OPTIONS"
+            headers["access-control-allow-headers"] = request.headers.get("access-control-request-headers", "*")
+            headers["access-control-max-age"] = "600"
         else:
-            response.headers["access-control-expose-headers"] = ("x-request-id, x-ccproxy-target, x-ccproxy-route, x-ccproxy-overhead-ms, "
-                                                                 "mcp-session-id, x-ccproxy-usage, retry-after")
+            headers["access-control-expose-headers"] = _EXPOSED_HEADERS
+
+
+_EXPOSED_HEADERS = "x-request-id, x-ccproxy-target, x-ccproxy-route, x-ccproxy-overhead-ms, mcp-session-id, x-ccproxy-usage, retry-after"
 
 
 # ---------------------------------------------------------------- the app
@@ -473,7 +479,7 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes)  # no middlewares: serve() is the pipeline
     app[STATE] = state
     app.router.add_route("*", r"/{tail:[\s\S]*}", serve)  # every path, even one with a newline in it
-    app.on_response_prepare.append(_on_prepare)
+    app.on_response_prepare.append(functools.partial(_on_prepare, state))
     app.on_response_prepare.append(state.metrics.on_response_prepare)
     app.cleanup_ctx.append(_shared_state_ctx)
     app.cleanup_ctx.append(_stats_ctx)
