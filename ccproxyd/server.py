@@ -71,7 +71,6 @@ class AppState:
     mcp: Any = None
     auth_failures: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
     started: float = field(default_factory=time.time)
-    in_flight: int = 0
     dispatcher: Dispatcher = field(init=False)
     metrics: Metrics | None = None
     stats: Any = None  # StatsWriter (SQLite) or stats_pg.PgStatsWriter
@@ -84,14 +83,20 @@ class AppState:
     tasks: set[asyncio.Task] = field(default_factory=set)  # fire-and-forget work, kept referenced until done
     shared: LocalState | RedisState = field(default_factory=LocalState)  # limit counters, shared cooldowns
     limiter: KeyLimiter = field(init=False)
-    recent: RecentRequests = field(default_factory=RecentRequests)  # for the status page
+    recent: RecentRequests = field(init=False)  # for the status page: reads ``requests``, keeps the last finished
     reload: Callable[[], Any] = lambda: None  # what SIGHUP does (set by create_app, refined by the cli)
-    requests: set[asyncio.Task] = field(default_factory=set)  # the tasks of requests in flight, for drain.py
+    # the requests in flight, each one's task (drain.py waits for and cancels them) with its record (the status page)
+    requests: dict[asyncio.Task, RequestRecord] = field(default_factory=dict)
     connections: Any = None  # the connections.Guard of the running server (its counts are in /metrics)
 
     def __post_init__(self) -> None:
         self.dispatcher = Dispatcher(self.router, self.upstream, lambda: self.bodies.current(self.config), Pacer(self.shared))
         self.limiter = KeyLimiter(self.shared)
+        self.recent = RecentRequests(self.requests)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.requests)
 
     def background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -158,10 +163,8 @@ async def serve(request: web.Request) -> web.StreamResponse:
     record = RequestRecord(given if _REQUEST_ID.match(given) else os.urandom(16).hex())  # uuid4().hex's shape, at a fifth of its cost
     request[RECORD] = record
     protocol: str | None = None
-    state.in_flight += 1
-    state.recent.begin(record)
     task = asyncio.current_task()
-    state.requests.add(task)  # type: ignore[arg-type]
+    state.requests[task] = record  # type: ignore[index]
     try:
         try:
             route = parse_path(request.method, request.path, request.query, client_hint(request.headers))
@@ -205,9 +208,7 @@ async def serve(request: web.Request) -> web.StreamResponse:
         record.status, record.error_kind = 500, "internal"
         return _error_response(protocol, ProxyError(f"internal error in ccproxyd (request id {record.request_id})"), state.config)
     finally:
-        state.in_flight -= 1
-        state.recent.end(record)
-        state.requests.discard(task)  # type: ignore[arg-type]
+        state.requests.pop(task, None)  # type: ignore[arg-type]
         if record.action and record.action not in _NOT_OBSERVED:
             state.observer.finished(record)
 
