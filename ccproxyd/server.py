@@ -60,7 +60,7 @@ class MethodNotAllowedError(ProxyError):
     status, kind = 405, "invalid_request"
 
 
-@dataclass
+@dataclass(repr=False)  # bound into the route's handler: a repr would print the config, keys included
 class AppState:
     """Everything a request needs; ``config`` is swapped whole on reload."""
 
@@ -151,14 +151,13 @@ def _refused_before_routing(record: RequestRecord, e: PathNotFound, action: str,
     return e.protocol
 
 
-async def serve(request: web.Request) -> web.StreamResponse:
+async def serve(state: AppState, request: web.Request) -> web.StreamResponse:
     """Every request, in order: a request id and record, the route, the access key, the key's limits, then
     :func:`handle`; any failure becomes the client protocol's error shape.
 
     One coroutine, not a chain of aiohttp middlewares: with any middleware registered, aiohttp wraps the
     handler in each one plus one of its own, and every resumption of the request's task (each upstream
-    read, each write) passes through all of those frames again."""
-    state = request.app[STATE]
+    read, each write) passes through all of those frames again. ``state`` is bound in create_app."""
     given = request.headers.get("x-request-id", "")
     record = RequestRecord(given if _REQUEST_ID.match(given) else os.urandom(16).hex())  # uuid4().hex's shape, at a fifth of its cost
     request[RECORD] = record
@@ -479,7 +478,7 @@ def create_app(config: Config) -> web.Application:
     state.reload = lambda: reload_config(app)
     app = web.Application(client_max_size=config.server.max_body_bytes)  # no middlewares: serve() is the pipeline
     app[STATE] = state
-    app.router.add_route("*", r"/{tail:[\s\S]*}", serve)  # every path, even one with a newline in it
+    app.router.add_route("*", r"/{tail:[\s\S]*}", functools.partial(serve, state))  # every path, even one with a newline in it
     app.on_response_prepare.append(functools.partial(_on_prepare, state))
     app.on_response_prepare.append(state.metrics.on_response_prepare)
     app.cleanup_ctx.append(_shared_state_ctx)
