@@ -6,6 +6,7 @@ Every chat path works bare, under ``/{group}/``, under ``/compat_mode/`` (or
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Mapping
@@ -113,12 +114,21 @@ def client_hint(headers: "Mapping[str, str]") -> str | None:
     return None
 
 
-def parse_path(method: str, path: str, query: dict[str, str] | None = None, hint: str | None = None) -> Route:
+def parse_path(method: str, path: str, query: Mapping[str, str] | None = None, hint: str | None = None) -> Route:
     """Map a request line to a Route, or raise PathNotFound / MethodNotAllowed.
 
     ``GET /v1/models`` is shared by the OpenAI, Anthropic and (v1) Gemini SDKs;
     ``hint`` (see :func:`client_hint`) picks the protocol whose shape it answers in.
+    Of the query only ``alt`` counts (Gemini's ``?alt=sse``).
     """
+    return _parse(method, path, query.get("alt") if query else None, hint)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(method: str, path: str, alt: str | None, hint: str | None) -> Route:
+    """:func:`parse_path`, remembered: clients send the same few paths again and again, and a Route is
+    immutable. Only answers are cached (a refused path raises); 256 paths of at most aiohttp's 8 KB
+    request line bound the memory."""
     method = "GET" if method == "HEAD" else method
     if path in _SERVICE:
         return Route(None, _SERVICE[path])
@@ -155,7 +165,7 @@ def parse_path(method: str, path: str, query: dict[str, str] | None = None, hint
                 m["compat"] is not None,
                 model=m["model"],
                 stream=stream,
-                gemini_sse=stream and (query or {}).get("alt") == "sse",
+                gemini_sse=stream and alt == "sse",
             )
         if hint and (protocol, action) == ("openai", "models"):
             protocol = hint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Mapping
 
 from .observe import RequestRecord
 
@@ -34,20 +34,15 @@ def _failovers(r: RequestRecord) -> int:
 class RecentRequests:
     """One per worker: the records of requests being handled, and a ring of the last ``KEEP`` finished.
 
-    The ring keeps the records themselves and summarises them when the page asks (a few times a
+    ``in_flight`` is the server's own registry of requests in flight (``AppState.requests``), read here
+    only. The ring keeps the records themselves and summarises them when the page asks (a few times a
     minute), not at the end of every request."""
 
-    def __init__(self, keep: int = KEEP) -> None:
-        self.in_flight: dict[int, RequestRecord] = {}
+    def __init__(self, in_flight: Mapping[Any, RequestRecord], keep: int = KEEP) -> None:
+        self.in_flight = in_flight
         self.finished_ring: deque[RequestRecord] = deque(maxlen=keep)
         self._finished_count = 0
         self._summaries: tuple[int, list[dict[str, Any]]] = (0, [])  # the ring summarised, as of that count
-
-    def begin(self, record: RequestRecord) -> None:
-        self.in_flight[id(record)] = record
-
-    def end(self, record: RequestRecord) -> None:
-        self.in_flight.pop(id(record), None)
 
     def finished(self, record: RequestRecord) -> None:
         """The Observer sink."""

@@ -1,8 +1,9 @@
-"""The aiohttp application: one catch-all route, middlewares, and the app's lifecycle.
+"""The aiohttp application: one catch-all route, its request pipeline, and the app's lifecycle.
 
-Middlewares, outermost first: ``errors`` (request id, record, any failure →
-the client protocol's error shape), ``auth`` (access keys). The handler then
-dispatches on the parsed Route's action.
+:func:`serve` takes every request through, in order: request id and record,
+the route (:func:`~ccproxyd.paths.parse_path`), the access key, the key's
+limits, then :func:`handle`, which dispatches on the route's action; any
+failure becomes the client protocol's error shape.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sqlite3
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 from urllib.parse import quote
 
 import orjson
@@ -49,7 +50,6 @@ from .upstream import UpstreamClient
 
 log = logging.getLogger("ccproxyd")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _OPEN_ACTIONS = frozenset({"root", "health", "ui_asset"})
 _UNLOGGED = frozenset({"ui", "admin_read"})  # the status page polls these every second
@@ -60,7 +60,7 @@ class MethodNotAllowedError(ProxyError):
     status, kind = 405, "invalid_request"
 
 
-@dataclass
+@dataclass(repr=False)  # bound into the route's handler: a repr would print the config, keys included
 class AppState:
     """Everything a request needs; ``config`` is swapped whole on reload."""
 
@@ -71,7 +71,6 @@ class AppState:
     mcp: Any = None
     auth_failures: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
     started: float = field(default_factory=time.time)
-    in_flight: int = 0
     dispatcher: Dispatcher = field(init=False)
     metrics: Metrics | None = None
     stats: Any = None  # StatsWriter (SQLite) or stats_pg.PgStatsWriter
@@ -84,14 +83,20 @@ class AppState:
     tasks: set[asyncio.Task] = field(default_factory=set)  # fire-and-forget work, kept referenced until done
     shared: LocalState | RedisState = field(default_factory=LocalState)  # limit counters, shared cooldowns
     limiter: KeyLimiter = field(init=False)
-    recent: RecentRequests = field(default_factory=RecentRequests)  # for the status page
+    recent: RecentRequests = field(init=False)  # for the status page: reads ``requests``, keeps the last finished
     reload: Callable[[], Any] = lambda: None  # what SIGHUP does (set by create_app, refined by the cli)
-    requests: set[asyncio.Task] = field(default_factory=set)  # the tasks of requests in flight, for drain.py
+    # the requests in flight, each one's task (drain.py waits for and cancels them) with its record (the status page)
+    requests: dict[asyncio.Task, RequestRecord] = field(default_factory=dict)
     connections: Any = None  # the connections.Guard of the running server (its counts are in /metrics)
 
     def __post_init__(self) -> None:
         self.dispatcher = Dispatcher(self.router, self.upstream, lambda: self.bodies.current(self.config), Pacer(self.shared))
         self.limiter = KeyLimiter(self.shared)
+        self.recent = RecentRequests(self.requests)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.requests)
 
     def background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -101,7 +106,6 @@ class AppState:
 
 STATE = web.AppKey("ccproxyd_state", AppState)
 RECORD = web.RequestKey("ccproxyd_record", RequestRecord)
-ROUTE = web.RequestKey("ccproxyd_route", Route)
 ACCESS_KEY = web.RequestKey("ccproxyd_access_key", AccessKey)  # the key the client authenticated with
 
 
@@ -123,7 +127,7 @@ def reload_config(app: web.Application, path: str | None = None) -> Config | Non
     return new
 
 
-# ---------------------------------------------------------------- middlewares
+# ---------------------------------------------------------------- the request pipeline
 
 
 def _error_response(protocol: str | None, err: ProxyError, config: Config) -> web.Response:
@@ -147,20 +151,22 @@ def _refused_before_routing(record: RequestRecord, e: PathNotFound, action: str,
     return e.protocol
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    state = request.app[STATE]
+async def serve(state: AppState, request: web.Request) -> web.StreamResponse:
+    """Every request, in order: a request id and record, the route, the access key, the key's limits, then
+    :func:`handle`; any failure becomes the client protocol's error shape.
+
+    One coroutine, not a chain of aiohttp middlewares: with any middleware registered, aiohttp wraps the
+    handler in each one plus one of its own, and every resumption of the request's task (each upstream
+    read, each write) passes through all of those frames again. ``state`` is bound in create_app."""
     given = request.headers.get("x-request-id", "")
     record = RequestRecord(given if _REQUEST_ID.match(given) else os.urandom(16).hex())  # uuid4().hex's shape, at a fifth of its cost
     request[RECORD] = record
     protocol: str | None = None
-    state.in_flight += 1
-    state.recent.begin(record)
     task = asyncio.current_task()
-    state.requests.add(task)  # type: ignore[arg-type]
+    state.requests[task] = record  # type: ignore[index]
     try:
         try:
-            route = parse_path(request.method, request.path, dict(request.query), client_hint(request.headers))
+            route = parse_path(request.method, request.path, request.query, client_hint(request.headers))
         except MethodNotAllowed as e:
             protocol = _refused_before_routing(record, e, "method_not_allowed", request.path)
             raise MethodNotAllowedError(f"{request.method} is not allowed on {request.path}") from None
@@ -170,9 +176,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if route.protocol is not None and route.protocol not in ADAPTERS:
             raise NotFound(f"the {route.protocol} protocol is not served by this build")
         protocol = route.protocol
-        request[ROUTE] = route
         record.protocol, record.action = route.protocol, route.action
-        response = await handler(request)
+        config = state.config
+        key = authenticate(request, state, config, route)
+        if key is not None:
+            request[ACCESS_KEY] = key
+            record.key_name = key.name
+        limited = key is not None and bool(key.limits) and route.action not in _FREE_ACTIONS and request.method != "OPTIONS"
+        lease = await state.limiter.admit(key, request.content_length, config.state.on_state_error) if limited else None  # type: ignore[arg-type]
+        try:
+            response = await handle(request, state, route, record, key)
+        finally:
+            if limited:
+                _settle(state, lease, record, config)
         record.status = record.status or response.status
         return response
     except ProxyError as e:
@@ -191,9 +207,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         record.status, record.error_kind = 500, "internal"
         return _error_response(protocol, ProxyError(f"internal error in ccproxyd (request id {record.request_id})"), state.config)
     finally:
-        state.in_flight -= 1
-        state.recent.end(record)
-        state.requests.discard(task)  # type: ignore[arg-type]
+        state.requests.pop(task, None)  # type: ignore[arg-type]
         if record.action and record.action not in _NOT_OBSERVED:
             state.observer.finished(record)
 
@@ -215,21 +229,17 @@ def find_key(keys: tuple[AccessKey, ...], presented: str) -> AccessKey | None:
     return found
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    route = request.get(ROUTE)
-    if route is None or route.action in _OPEN_ACTIONS or request.method == "OPTIONS":
-        return await handler(request)
-    state = request.app[STATE]
-    config = state.config
-    if not config.keys:
-        return await handler(request)
+def authenticate(request: web.Request, state: AppState, config: Config, route: Route) -> AccessKey | None:
+    """The access key the request presents, checked; None where no key is asked for.
+    Raises AuthError for a missing or wrong key, RateLimited for an address locked out by wrong ones."""
+    if route.action in _OPEN_ACTIONS or request.method == "OPTIONS" or not config.keys:
+        return None
     if route.action == "metrics" and config.server.metrics_public:
-        return await handler(request)
+        return None
     remote = request.remote or ""
     presented = _presented_key(request)
     if not presented and route.protocol in config.server.keyless_loopback and is_loopback(remote):
-        return await handler(request)  # no key is fine there; a wrong one is not
+        return None  # no key is fine there; a wrong one is not
     per_minute = config.server.auth_failures_per_minute
     if _auth_blocked(state, remote, per_minute):  # before comparing: a blocked address learns nothing
         raise _locked_out(state, remote)
@@ -238,34 +248,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if presented:  # a wrong key is a guess; a missing one is not, and must not lock the address out
             _note_auth_failure(state, remote, per_minute)
         raise AuthError("missing access key" if not presented else "invalid access key")
-    request[ACCESS_KEY] = key
-    request[RECORD].key_name = key.name
-    return await handler(request)
+    return key
 
 
 # Actions that do not reach an upstream cost a key nothing.
 _FREE_ACTIONS = frozenset({"models", "show", "version", "root", "health", "metrics", "mcp_sse", "mcp_http"})
 
 
-@web.middleware
-async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A key with limits is admitted (or refused with 429) before its request is dispatched, and charged after."""
-    if not request.app[STATE].config.keys:  # auth off: no key, no limits (and no KeyError from request.get)
-        return await handler(request)
-    key = request.get(ACCESS_KEY)
-    route = request.get(ROUTE)
-    if key is None or not key.limits or route is None or route.action in _FREE_ACTIONS or request.method == "OPTIONS":
-        return await handler(request)
-    state = request.app[STATE]
-    config = state.config
-    lease: Lease | None = await state.limiter.admit(key, request.content_length, config.state.on_state_error)
-    try:
-        return await handler(request)
-    finally:  # off the response's path: the client does not wait for the accounting (in this process it is instant: no task)
-        if state.limiter.state.shared:
-            state.background(state.limiter.finish(lease, request[RECORD], config.prices))
-        else:
-            state.limiter.finish_now(lease, request[RECORD], config.prices)
+def _settle(state: AppState, lease: Lease | None, record: RequestRecord, config: Config) -> None:
+    """Charge a key with limits for what its request used, off the response's path: the client does not
+    wait for the accounting (in this process it is instant: no task)."""
+    if state.limiter.state.shared:
+        state.background(state.limiter.finish(lease, record, config.prices))
+    else:
+        state.limiter.finish_now(lease, record, config.prices)
 
 
 def _auth_blocked(state: AppState, remote: str, per_minute: int) -> bool:
@@ -321,12 +317,10 @@ def lockout_exempt(remote: str, specs: tuple[str, ...]) -> bool:
 # ---------------------------------------------------------------- the handler
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
+async def handle(request: web.Request, state: AppState, route: Route, record: RequestRecord,
+                 key: AccessKey | None) -> web.StreamResponse:
+    """The answer to an authenticated, admitted request, by its route's action."""
     config = state.config
-    route = request[ROUTE]
-    record = request[RECORD]
-    key = request.get(ACCESS_KEY)
     key_groups = key.groups if key else ()
     action = route.action
     dispatcher = state.dispatcher
@@ -419,29 +413,35 @@ def _health(request: web.Request, state: AppState) -> web.Response:
 # ---------------------------------------------------------------- CORS and common headers
 
 
-async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+async def _on_prepare(state: AppState, request: web.Request, response: web.StreamResponse) -> None:
+    """The headers of every response, errors and streams included (bound to the app's state in create_app)."""
+    headers = response.headers
     record = request.get(RECORD)
-    if record is not None:  # on every response, errors and streams included
-        response.headers["x-request-id"] = record.request_id
+    if record is not None:
+        headers["x-request-id"] = record.request_id
         if record.target:
-            response.headers["x-ccproxy-target"] = record.target
+            headers["x-ccproxy-target"] = record.target
         if record.route:
-            response.headers["x-ccproxy-route"] = record.route
+            headers["x-ccproxy-route"] = record.route
         overhead = max(0.0, time.monotonic() - record.started - record.upstream_seconds)
-        response.headers["x-ccproxy-overhead-ms"] = f"{overhead * 1000:.2f}"
-    response.headers.update(request.get(CLIENT_HEADERS) or {})
-    origins = request.app[STATE].config.server.cors_origins
-    origin = request.headers.get("origin")
-    if origins and origin and (origin in origins or "*" in origins):
-        response.headers["access-control-allow-origin"] = origin
-        response.headers["vary"] = "origin"
+        headers["x-ccproxy-overhead-ms"] = f"{overhead * 1000:.2f}"
+    client_headers = request.get(CLIENT_HEADERS)
+    if client_headers:
+        headers.update(client_headers)
+    origins = state.config.server.cors_origins
+    origin = request.headers.get("origin") if origins else None
+    if origin and (origin in origins or "*" in origins):
+        headers["access-control-allow-origin"] = origin
+        headers["vary"] = "origin"
         if request.method == "OPTIONS":
-            response.headers["access-control-allow-methods"] = "GET, POST, DELETE, OPTIONS"
-            response.headers["access-control-allow-headers"] = request.headers.get("access-control-request-headers", "*")
-            response.headers["access-control-max-age"] = "600"
+            headers["access-control-allow-methods"] = "GET, POST, DELETE, OPTIONS"
+            headers["access-control-allow-headers"] = request.headers.get("access-control-request-headers", "*")
+            headers["access-control-max-age"] = "600"
         else:
-            response.headers["access-control-expose-headers"] = ("x-request-id, x-ccproxy-target, x-ccproxy-route, x-ccproxy-overhead-ms, "
-                                                                 "mcp-session-id, x-ccproxy-usage, retry-after")
+            headers["access-control-expose-headers"] = _EXPOSED_HEADERS
+
+
+_EXPOSED_HEADERS = "x-request-id, x-ccproxy-target, x-ccproxy-route, x-ccproxy-overhead-ms, mcp-session-id, x-ccproxy-usage, retry-after"
 
 
 # ---------------------------------------------------------------- the app
@@ -476,10 +476,10 @@ def create_app(config: Config) -> web.Application:
     state.observer.sinks.append(state.metrics.observe)
     state.observer.sinks.append(state.recent.finished)
     state.reload = lambda: reload_config(app)
-    app = web.Application(middlewares=[errors_middleware, auth_middleware, limits_middleware], client_max_size=config.server.max_body_bytes)
+    app = web.Application(client_max_size=config.server.max_body_bytes)  # no middlewares: serve() is the pipeline
     app[STATE] = state
-    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)  # every path, even one with a newline in it
-    app.on_response_prepare.append(_on_prepare)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", functools.partial(serve, state))  # every path, even one with a newline in it
+    app.on_response_prepare.append(functools.partial(_on_prepare, state))
     app.on_response_prepare.append(state.metrics.on_response_prepare)
     app.cleanup_ctx.append(_shared_state_ctx)
     app.cleanup_ctx.append(_stats_ctx)

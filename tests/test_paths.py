@@ -85,3 +85,17 @@ def test_wrong_method_is_told_apart():
     with pytest.raises(MethodNotAllowed) as e:
         parse_path("GET", "/v1/messages", {})
     assert e.value.protocol == "claude"
+
+
+def test_remembered_routes_still_follow_the_query_and_refusals_still_raise():
+    from multidict import MultiDict, MultiDictProxy
+
+    path = "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
+    for _ in range(2):  # the second round is answered from the cache
+        assert parse_path("POST", path, MultiDictProxy(MultiDict({"alt": "sse"}))).gemini_sse
+        assert not parse_path("POST", path, MultiDictProxy(MultiDict())).gemini_sse
+        assert not parse_path("POST", path, None).gemini_sse
+        with pytest.raises(MethodNotAllowed):
+            parse_path("GET", "/v1/chat/completions", {})
+        with pytest.raises(PathNotFound):
+            parse_path("POST", "/v1/nothing-here", {})
