@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any, AsyncIterator, Mapping
 
 import orjson
@@ -359,7 +358,7 @@ class OpenAIStreamEncoder(StreamEncoder):
     id_prefix = "chatcmpl-"
 
     def __init__(self, req: ir.Request) -> None:
-        self.id = self.id_prefix + uuid.uuid4().hex
+        self.id = self.id_prefix + ir.random_hex()
         self.created = int(time.time())
         self.model = req.model
         options = req.extras.get("openai", {}).get("stream_options")
@@ -530,7 +529,7 @@ class OpenAIAdapter(Adapter):
                 for c in calls
             ]
         return {
-            "id": "chatcmpl-" + uuid.uuid4().hex,
+            "id": "chatcmpl-" + ir.random_hex(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": request.model,
