@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import orjson
 from aiohttp import web
@@ -102,11 +102,47 @@ def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
     return False
 
 
-@dataclass(slots=True)
-class _Paced:
-    """Why a request found no upstream within its pacing: seconds until the soonest may take it again."""
+class _PacedAttempts:
+    """The plan's attempts, less those whose upstream is over its rpm/tpm pacing. When every one was,
+    the soonest is waited for up to ``state.queue_seconds``; otherwise ``wait`` says how long to wait.
 
-    wait: float | None = None
+    Not an async generator: the request returns from inside its loop, and an async generator left
+    unfinished is closed by a task the event loop is woken up for, once per request."""
+
+    def __init__(self, pacer: Pacer, router: Router, attempts: AttemptPlan, config: Config, body_bytes: int | None,
+                 record: RequestRecord) -> None:
+        self.pacer, self.router, self.attempts, self.config, self.record = pacer, router, attempts, config, record
+        self.estimate = estimate_tokens(body_bytes)
+        self.remaining: Iterator[Attempt] | None = None
+        self.deferred: list[tuple[float, Attempt]] = []
+        self.wait: float | None = None  # seconds until the soonest paced target may take the request
+
+    async def next(self) -> Attempt | None:
+        """The next attempt to make; None when there is none (left)."""
+        if self.remaining is None:
+            if self.router.shared_turns is not None:  # shared state only: no coroutine for the local case
+                await self.router.fetch_turns(self.attempts)
+            self.remaining = iter(self.attempts)
+        for attempt in self.remaining:
+            wait = await self._take(attempt)
+            if wait is None:
+                return attempt
+            self.record.attempts.append(f"{attempt.label}:paced")
+            self.deferred.append((wait, attempt))
+        if not self.deferred:
+            return None
+        wait, attempt = min(self.deferred, key=lambda d: d[0])
+        self.deferred = []  # waited for once
+        if wait <= self.config.state.queue_seconds:
+            await asyncio.sleep(wait)
+            wait = await self._take(attempt)
+            if wait is None:
+                return attempt
+        self.wait = wait
+        return None
+
+    def _take(self, attempt: Attempt) -> Awaitable[float | None]:
+        return self.pacer.take(attempt.provider.name, attempt.provider.pacing, attempt.label, attempt.target.pacing, self.estimate)
 
     def refusal(self, alias: str) -> RateLimited:
         wait = max(1, math.ceil(self.wait or 1))
@@ -177,8 +213,8 @@ class Dispatcher:
             record.status = 200
             return web.Response(body=orjson.dumps(local), content_type="application/json")
         failures: list[ProxyError] = []
-        paced = _Paced()
-        async for attempt in self._within_pace(plan.attempts, config, request.content_length, record, paced):
+        attempts = _PacedAttempts(self.pacer, self.router, plan.attempts, config, request.content_length, record)
+        while (attempt := await attempts.next()) is not None:
             outbound = ADAPTERS[attempt.provider.protocol]
             compat = use_compat(plan.group, attempt.provider, route.compat)
             record.target, record.compat, record.upstream_protocol = attempt.label, compat, outbound.name
@@ -212,38 +248,9 @@ class Dispatcher:
             finally:
                 for resp in release:
                     resp.close()
-        if paced.wait is not None and not failures:
-            raise paced.refusal(plan.alias)
+        if attempts.wait is not None and not failures:
+            raise attempts.refusal(plan.alias)
         raise self._exhausted(plan, failures, record.attempts)
-
-    async def _within_pace(self, attempts: AttemptPlan, config: Config, body_bytes: int | None, record: RequestRecord,
-                           paced: _Paced) -> AsyncIterator[Attempt]:
-        """The plan's attempts, less those whose upstream is over its rpm/tpm pacing. When every one was,
-        the soonest is waited for up to ``state.queue_seconds``; otherwise ``paced`` says how long to wait."""
-        if self.router.shared_turns is not None:  # shared state only: no coroutine for the local case
-            await self.router.fetch_turns(attempts)
-        estimate = estimate_tokens(body_bytes)
-        deferred: list[tuple[float, Attempt]] = []
-        for attempt in attempts:
-            wait = await self._take_pace(attempt, estimate)
-            if wait is None:
-                yield attempt
-            else:
-                record.attempts.append(f"{attempt.label}:paced")
-                deferred.append((wait, attempt))
-        if not deferred:
-            return
-        wait, attempt = min(deferred, key=lambda d: d[0])
-        if wait <= config.state.queue_seconds:
-            await asyncio.sleep(wait)
-            wait = await self._take_pace(attempt, estimate)
-            if wait is None:
-                yield attempt
-                return
-        paced.wait = wait
-
-    async def _take_pace(self, attempt: Attempt, estimate: int) -> float | None:
-        return await self.pacer.take(attempt.provider.name, attempt.provider.pacing, attempt.label, attempt.target.pacing, estimate)
 
     def fail_over(self, attempt: Attempt, error: ProxyError, config: Config, failures: list[ProxyError], record: RequestRecord) -> bool:
         """After a failed attempt: False when the error is the client's to see; otherwise the
