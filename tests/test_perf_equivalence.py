@@ -287,3 +287,45 @@ def test_a_whole_answer_is_what_collecting_its_events_gives(resp: ir.Response) -
 
         ours, theirs = (_VOLATILE.sub(rb"\1-", orjson.dumps(adapter.encode_response(r, client_req))) for r in (whole, general))
         assert ours == theirs  # the ids and times an encoder makes up for an answer without them aside
+
+
+# ---------------------------------------------------------------- field checks: a value of exactly an accepted type passes at once
+
+def _reference_check(value, kinds):
+    """fields.check's rule written out in full (before its shortcut): the error text, or None when the value passes."""
+    from ccproxyd.protocols.fields import _describe
+
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    return None if ok else f"x must be {_describe(kinds)}, got {type(value).__name__}"
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+_KINDS = st.sampled_from([str, int, float, bool, list, dict, (int, float), (str, list), (dict, str), (str, dict), (bool,), (list,)])
+_VALUES = st.one_of(st.booleans(),  # not None: opt and req take that as absent
+                    st.integers(-3, 3), st.floats(allow_nan=False), st.text(max_size=2),
+                    st.lists(st.integers(), max_size=1), st.dictionaries(st.text(max_size=1), st.integers(), max_size=1),
+                    st.builds(_Str, st.text(max_size=2)), st.builds(_Int, st.integers(-3, 3)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_VALUES, _KINDS)
+def test_field_checks_decide_as_the_full_rule(value, kinds) -> None:
+    from ccproxyd.errors import ClientError
+    from ccproxyd.protocols.fields import check, opt, req
+
+    expected = _reference_check(value, kinds)
+    for run in (lambda: check(value, kinds, "x"), lambda: opt({"x": value}, "x", kinds), lambda: req({"x": value}, "x", kinds)):
+        try:
+            assert run() is value and expected is None
+        except ClientError as e:
+            assert e.message == expected
