@@ -560,10 +560,11 @@ class _Whole:
         except (ValueError, KeyError, TypeError, AttributeError) as e:  # as _guard would have turned it into an error
             log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(e)[:500], self.config))
             raise BadGateway(f"upstream sent a stream that could not be read ({type(e).__name__})") from None
-        self.usage.chars += chars
-        self.usage.before(resp.usage)
-        usage = ir.Usage().merge(resp.usage)
-        extra = self.usage.before(ir.Finished(resp.finish))
+        filler = self.usage
+        filler.chars += chars
+        filler.before(resp.usage)
+        usage = filler.usage  # what collecting the one Usage event gives: a fresh Usage().merge(resp.usage)
+        extra = filler.before(ir.Finished(resp.finish))
         if extra is not None:
             usage = usage.merge(extra)
         return ir.Response(resp.id or "", resp.model or model, parts, resp.finish, usage)

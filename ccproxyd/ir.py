@@ -185,17 +185,13 @@ class Usage:
     def merge(self, other: "Usage") -> "Usage":
         """Later non-None counts win; providers report usage piecemeal in streams."""
         return Usage(
-            input_tokens=_pick(other.input_tokens, self.input_tokens),
-            output_tokens=_pick(other.output_tokens, self.output_tokens),
-            cached_input_tokens=_pick(other.cached_input_tokens, self.cached_input_tokens),
-            cache_creation_input_tokens=_pick(other.cache_creation_input_tokens, self.cache_creation_input_tokens),
-            reasoning_tokens=_pick(other.reasoning_tokens, self.reasoning_tokens),
-            raw={**(self.raw or {}), **(other.raw or {})} or None,
+            other.input_tokens if other.input_tokens is not None else self.input_tokens,
+            other.output_tokens if other.output_tokens is not None else self.output_tokens,
+            other.cached_input_tokens if other.cached_input_tokens is not None else self.cached_input_tokens,
+            other.cache_creation_input_tokens if other.cache_creation_input_tokens is not None else self.cache_creation_input_tokens,
+            other.reasoning_tokens if other.reasoning_tokens is not None else self.reasoning_tokens,
+            {**(self.raw or {}), **(other.raw or {})} or None,
         )
-
-
-def _pick(a: int | None, b: int | None) -> int | None:
-    return a if a is not None else b
 
 
 @dataclass(slots=True)
