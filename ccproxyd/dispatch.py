@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from . import conversations, ir, rules
 from .compat import parse_stream, prepare_request
-from .config import Config, Group
+from .config import Alias, Config, Group
 from .discovery import Discovery
 from .errors import (
     BadGateway,
@@ -55,6 +55,7 @@ log = logging.getLogger("ccproxyd.dispatch")
 
 _MAX_RESPONSE = 64 * 1024 * 1024
 _BODY_LOG_LIMIT = 1024 * 1024  # bytes of one streamed answer kept in the body log
+_ALIASES_KEPT = 4096  # resolved (group, model name) pairs kept per config
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ALIAS_HEADER = "x-ccproxy-alias"  # names the alias itself, bypassing the group's routing rules
 # Headers for whatever response the client gets (success, stream or error): the upstream's rate-limit headers, x-ccproxy-usage.
@@ -168,6 +169,8 @@ class Dispatcher:
         self.discovery = Discovery(upstream)
         self.stopping = False  # set by drain.py just before it cancels what outlived shutdown_grace
         self.conversations: Any = None  # conversations.ConversationStore or a RedisConversationStore, set by the server
+        self._aliases_of: Config | None = None
+        self._aliases: dict[tuple[str, str], Alias] = {}
 
     # ------------------------------------------------------------ planning
 
@@ -183,9 +186,22 @@ class Dispatcher:
         if group.routes and client_req is not None and forced is None and alias_name == model:
             rule = rules.choose(group.routes, client_req, route.protocol)
             alias_name = rule.use if rule is not None else alias_name
-        alias = bind_model(resolve_alias(group, alias_name), alias_name)
+        alias = self._alias(config, group, alias_name)
         record.group, record.alias, record.route = group.name, requested, rule.label if rule is not None else None
         return Plan(group, alias_name, self.router.plan(config, group, alias))
+
+    def _alias(self, config: Config, group: Group, name: str) -> Alias:
+        """``resolve_alias`` with the client's model bound in, kept for the config it was found in (a reload
+        brings a new one): a config with many aliases or patterns pays its search once per name."""
+        if self._aliases_of is not config:
+            self._aliases_of, self._aliases = config, {}
+        key = (group.name, name)
+        alias = self._aliases.get(key)
+        if alias is None:
+            alias = bind_model(resolve_alias(group, name), name)
+            if len(self._aliases) < _ALIASES_KEPT:  # names are the clients' to choose: a pattern alias takes any
+                self._aliases[key] = alias
+        return alias
 
     # ------------------------------------------------------------ chat
 
