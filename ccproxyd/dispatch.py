@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 
 from . import conversations, ir, rules
@@ -65,19 +66,17 @@ CLIENT_HEADERS = web.RequestKey("ccproxyd_client_headers", dict)
 async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) -> dict[str, Any]:
     """The body as a JSON object, refused early when it is over ``limit`` bytes and when it
     nests deeper than ``max_depth`` (such values could not even be encoded for the upstream)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(f"request body is {request.content_length} bytes; the limit is {limit}")
-    chunks, size = [], 0
+    length = request.content_length
+    if length is not None and length > limit:
+        raise TooLarge(f"request body is {length} bytes; the limit is {limit}")
     try:
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"request body is larger than the limit of {limit} bytes")
-            chunks.append(chunk)
-    except (HttpProcessingError, RequestPayloadError):
+        if length is not None and "Content-Encoding" not in request.headers:
+            raw = await request.content.readexactly(length)  # the usual body: one call, its size known
+        else:  # chunked or compressed: its size shows only as it comes
+            raw = await _read_limited(request.content, limit)
+    except (HttpProcessingError, RequestPayloadError, asyncio.IncompleteReadError):
         raise ClientError("request body could not be read: broken chunked framing or content encoding") from None
-    raw = b"".join(chunks)
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise ClientError("request body is empty; expected a JSON object")
     try:
         body = orjson.loads(raw)
@@ -88,6 +87,16 @@ async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) 
     if raw.count(b"[") + raw.count(b"{") > max_depth and _nests_deeper(body, max_depth):  # fewer brackets cannot nest that deep
         raise ClientError(f"request body nests objects and arrays deeper than {max_depth} levels")
     return body
+
+
+async def _read_limited(content: StreamReader, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
