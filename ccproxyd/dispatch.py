@@ -70,8 +70,8 @@ async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) 
     if length is not None and length > limit:
         raise TooLarge(f"request body is {length} bytes; the limit is {limit}")
     try:
-        if length is not None and "Content-Encoding" not in request.headers:
-            raw = await request.content.readexactly(length)  # the usual body: one call, its size known
+        if length is not None and "Content-Encoding" not in request.headers:  # the usual body: one call, its size known
+            raw = await request.content.readexactly(length) if length else b""  # (aiohttp's empty body has nothing to read)
         else:  # chunked or compressed: its size shows only as it comes
             raw = await _read_limited(request.content, limit)
     except (HttpProcessingError, RequestPayloadError, asyncio.IncompleteReadError):
