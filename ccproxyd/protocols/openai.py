@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import aclosing
 from typing import Any, AsyncIterator, Mapping
 
 import orjson
@@ -635,26 +636,27 @@ class OpenAIAdapter(Adapter):
 
     async def decode_stream(self, chunks: AsyncIterator[bytes]) -> ir.EventStream:
         decoder = OpenAIStreamDecoder()
-        async for event in iter_sse(chunks):
-            if event.data == "[DONE]":
-                break
-            try:
-                chunk = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                yield ir.StreamError("bad_gateway", "upstream sent a stream chunk that is not JSON", 502)
-                return
-            if not isinstance(chunk, dict):
-                continue
-            if chunk.get("error"):
-                err = self.decode_error(500, orjson.dumps(chunk))
-                yield ir.StreamError(err.kind, err.message, err.status)
-                return
-            for e in decoder.feed(chunk):
-                yield e
-        else:
-            if decoder.finish_raw is None:
-                yield ir.StreamError("bad_gateway", "upstream stream ended before it finished", 502)
-                return
+        async with aclosing(iter_sse(chunks)) as events:  # left at [DONE]: closed now, not by a task once collected
+            async for event in events:
+                if event.data == "[DONE]":
+                    break
+                try:
+                    chunk = orjson.loads(event.data)
+                except orjson.JSONDecodeError:
+                    yield ir.StreamError("bad_gateway", "upstream sent a stream chunk that is not JSON", 502)
+                    return
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error"):
+                    err = self.decode_error(500, orjson.dumps(chunk))
+                    yield ir.StreamError(err.kind, err.message, err.status)
+                    return
+                for e in decoder.feed(chunk):
+                    yield e
+            else:
+                if decoder.finish_raw is None:
+                    yield ir.StreamError("bad_gateway", "upstream stream ended before it finished", 502)
+                    return
         for e in decoder.close():
             yield e
 
