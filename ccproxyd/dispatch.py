@@ -600,7 +600,8 @@ async def _encode_events(events: _Guarded, encoder: StreamEncoder, record: Reque
         if (extra := usage.before(event)) is not None:
             _count(record, extra)
             out.append(encoder.encode(extra))
-        _count(record, event)
+        if isinstance(event, ir.Usage):  # what the record counts: no call for the other events
+            _count(record, event)
         data = encoder.encode(event)
         if data:
             out.append(data)

@@ -318,19 +318,22 @@ class OpenAIStreamDecoder:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            if isinstance(choice.get("text"), str) and choice["text"]:  # a /completions chunk
-                out.extend(self.blocks.text(choice["text"]))
+            text = choice.get("text")
+            if isinstance(text, str) and text:  # a /completions chunk
+                out.extend(self.blocks.text(text))
             for field in REASONING_FIELDS:
                 reasoning = delta.get(field)
                 if isinstance(reasoning, str) and reasoning:
                     out.extend(self.blocks.reasoning(reasoning, {"openai": {"field": field}}))
                     break
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                out.extend(self.blocks.text(delta["content"]))
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                out.extend(self.blocks.text(content))
             for call in delta.get("tool_calls") or ():
                 out.extend(self._call_fragment(call))
-            if choice.get("finish_reason"):
-                self.finish_raw = choice["finish_reason"]
+            finish = choice.get("finish_reason")
+            if finish:
+                self.finish_raw = finish
         return out
 
     def _call_fragment(self, call: dict[str, Any]) -> list[ir.Event]:
@@ -392,7 +395,8 @@ class OpenAIStreamEncoder(StreamEncoder):
 
     def encode(self, event: ir.Event) -> bytes:
         if isinstance(event, ir.TextDelta):
-            return self._role() + self._chunk({"content": event.text})
+            chunk = self._chunk({"content": event.text})
+            return chunk if self.started else self._role() + chunk
         if isinstance(event, ir.ReasoningDelta):
             if self.reasoning is not None:
                 self.reasoning.text += event.text
