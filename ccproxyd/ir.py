@@ -508,7 +508,7 @@ def budget_to_effort(budget: int | None) -> str:
 
 def text_of(parts: Iterable[Part]) -> str:
     """The concatenated text of the Text parts (for protocols that only take a string)."""
-    return "".join(p.text for p in parts if isinstance(p, Text))
+    return "".join([p.text for p in parts if isinstance(p, Text)])  # a list joins faster than a generator
 
 
 def link_tool_results(messages: list[Message]) -> None:
