@@ -624,18 +624,23 @@ class OpenAIAdapter(Adapter):
         choice = data["choices"][0]
         message = choice.get("message") or {}
         parts: list[ir.Part] = []
-        field = next((f for f in REASONING_FIELDS if isinstance(message.get(f), str) and message[f]), None)
-        if field:
-            parts.append(_reasoning(message[field], field))
-        if isinstance(message.get("content"), str) and message["content"]:
-            parts.append(ir.Text(message["content"]))
-        if isinstance(choice.get("text"), str) and choice["text"]:  # a /completions answer
-            parts.append(ir.Text(choice["text"]))
+        for field in REASONING_FIELDS:
+            reasoning = message.get(field)
+            if isinstance(reasoning, str) and reasoning:
+                parts.append(_reasoning(reasoning, field))
+                break
+        content = message.get("content")
+        if isinstance(content, str) and content:
+            parts.append(ir.Text(content))
+        text = choice.get("text")
+        if isinstance(text, str) and text:  # a /completions answer
+            parts.append(ir.Text(text))
+        saw_call = False
         for call in message.get("tool_calls") or ():
             fn = call.get("function") or {}
             args = fn.get("arguments")
             parts.append(ir.ToolCall(call.get("id") or ir.new_call_id(), fn.get("name", ""), args if isinstance(args, dict) else ir.parse_arguments(args or "")))
-        saw_call = any(isinstance(p, ir.ToolCall) for p in parts)
+            saw_call = True
         return ir.Response(data.get("id", ""), data.get("model", ""), parts, _finish(choice.get("finish_reason"), saw_call), _usage_from_openai(data.get("usage")))
 
     async def decode_stream(self, chunks: AsyncIterator[bytes]) -> ir.EventStream:
