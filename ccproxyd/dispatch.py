@@ -14,16 +14,17 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 
 from . import conversations, ir, rules
 from .compat import parse_stream, prepare_request
-from .config import Config, Group
+from .config import Alias, Config, Group
 from .discovery import Discovery
 from .errors import (
     BadGateway,
@@ -42,7 +43,7 @@ from .limits import Pacer, estimate_tokens
 from .observe import BodyLog, RequestRecord, redact_secrets
 from .paths import Route
 from .protocols import ADAPTERS
-from .protocols.base import Adapter, ModelInfo, UpstreamTarget
+from .protocols.base import Adapter, ModelInfo, StreamEncoder, UpstreamTarget
 from .routing import Attempt, AttemptPlan, Router, bind_model, is_retryable, resolve_alias, resolve_group
 from .shaping import finish_call, shape_request, use_compat
 from .state import LocalState
@@ -55,6 +56,7 @@ log = logging.getLogger("ccproxyd.dispatch")
 
 _MAX_RESPONSE = 64 * 1024 * 1024
 _BODY_LOG_LIMIT = 1024 * 1024  # bytes of one streamed answer kept in the body log
+_ALIASES_KEPT = 4096  # resolved (group, model name) pairs kept per config
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ALIAS_HEADER = "x-ccproxy-alias"  # names the alias itself, bypassing the group's routing rules
 # Headers for whatever response the client gets (success, stream or error): the upstream's rate-limit headers, x-ccproxy-usage.
@@ -64,19 +66,17 @@ CLIENT_HEADERS = web.RequestKey("ccproxyd_client_headers", dict)
 async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) -> dict[str, Any]:
     """The body as a JSON object, refused early when it is over ``limit`` bytes and when it
     nests deeper than ``max_depth`` (such values could not even be encoded for the upstream)."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(f"request body is {request.content_length} bytes; the limit is {limit}")
-    chunks, size = [], 0
+    length = request.content_length
+    if length is not None and length > limit:
+        raise TooLarge(f"request body is {length} bytes; the limit is {limit}")
     try:
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"request body is larger than the limit of {limit} bytes")
-            chunks.append(chunk)
-    except (HttpProcessingError, RequestPayloadError):
+        if length is not None and "Content-Encoding" not in request.headers:  # the usual body: one call, its size known
+            raw = await request.content.readexactly(length) if length else b""  # (aiohttp's empty body has nothing to read)
+        else:  # chunked or compressed: its size shows only as it comes
+            raw = await _read_limited(request.content, limit)
+    except (HttpProcessingError, RequestPayloadError, asyncio.IncompleteReadError):
         raise ClientError("request body could not be read: broken chunked framing or content encoding") from None
-    raw = b"".join(chunks)
-    if not raw.strip():
+    if not raw or raw.isspace():
         raise ClientError("request body is empty; expected a JSON object")
     try:
         body = orjson.loads(raw)
@@ -87,6 +87,16 @@ async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) 
     if raw.count(b"[") + raw.count(b"{") > max_depth and _nests_deeper(body, max_depth):  # fewer brackets cannot nest that deep
         raise ClientError(f"request body nests objects and arrays deeper than {max_depth} levels")
     return body
+
+
+async def _read_limited(content: StreamReader, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
@@ -102,11 +112,47 @@ def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
     return False
 
 
-@dataclass(slots=True)
-class _Paced:
-    """Why a request found no upstream within its pacing: seconds until the soonest may take it again."""
+class _PacedAttempts:
+    """The plan's attempts, less those whose upstream is over its rpm/tpm pacing. When every one was,
+    the soonest is waited for up to ``state.queue_seconds``; otherwise ``wait`` says how long to wait.
 
-    wait: float | None = None
+    Not an async generator: the request returns from inside its loop, and an async generator left
+    unfinished is closed by a task the event loop is woken up for, once per request."""
+
+    def __init__(self, pacer: Pacer, router: Router, attempts: AttemptPlan, config: Config, body_bytes: int | None,
+                 record: RequestRecord) -> None:
+        self.pacer, self.router, self.attempts, self.config, self.record = pacer, router, attempts, config, record
+        self.estimate = estimate_tokens(body_bytes)
+        self.remaining: Iterator[Attempt] | None = None
+        self.deferred: list[tuple[float, Attempt]] = []
+        self.wait: float | None = None  # seconds until the soonest paced target may take the request
+
+    async def next(self) -> Attempt | None:
+        """The next attempt to make; None when there is none (left)."""
+        if self.remaining is None:
+            if self.router.shared_turns is not None:  # shared state only: no coroutine for the local case
+                await self.router.fetch_turns(self.attempts)
+            self.remaining = iter(self.attempts)
+        for attempt in self.remaining:
+            wait = await self._take(attempt)
+            if wait is None:
+                return attempt
+            self.record.attempts.append(f"{attempt.label}:paced")
+            self.deferred.append((wait, attempt))
+        if not self.deferred:
+            return None
+        wait, attempt = min(self.deferred, key=lambda d: d[0])
+        self.deferred = []  # waited for once
+        if wait <= self.config.state.queue_seconds:
+            await asyncio.sleep(wait)
+            wait = await self._take(attempt)
+            if wait is None:
+                return attempt
+        self.wait = wait
+        return None
+
+    def _take(self, attempt: Attempt) -> Awaitable[float | None]:
+        return self.pacer.take(attempt.provider.name, attempt.provider.pacing, attempt.label, attempt.target.pacing, self.estimate)
 
     def refusal(self, alias: str) -> RateLimited:
         wait = max(1, math.ceil(self.wait or 1))
@@ -132,6 +178,8 @@ class Dispatcher:
         self.discovery = Discovery(upstream)
         self.stopping = False  # set by drain.py just before it cancels what outlived shutdown_grace
         self.conversations: Any = None  # conversations.ConversationStore or a RedisConversationStore, set by the server
+        self._aliases_of: Config | None = None
+        self._aliases: dict[tuple[str, str], Alias] = {}
 
     # ------------------------------------------------------------ planning
 
@@ -147,9 +195,22 @@ class Dispatcher:
         if group.routes and client_req is not None and forced is None and alias_name == model:
             rule = rules.choose(group.routes, client_req, route.protocol)
             alias_name = rule.use if rule is not None else alias_name
-        alias = bind_model(resolve_alias(group, alias_name), alias_name)
+        alias = self._alias(config, group, alias_name)
         record.group, record.alias, record.route = group.name, requested, rule.label if rule is not None else None
         return Plan(group, alias_name, self.router.plan(config, group, alias))
+
+    def _alias(self, config: Config, group: Group, name: str) -> Alias:
+        """``resolve_alias`` with the client's model bound in, kept for the config it was found in (a reload
+        brings a new one): a config with many aliases or patterns pays its search once per name."""
+        if self._aliases_of is not config:
+            self._aliases_of, self._aliases = config, {}
+        key = (group.name, name)
+        alias = self._aliases.get(key)
+        if alias is None:
+            alias = bind_model(resolve_alias(group, name), name)
+            if len(self._aliases) < _ALIASES_KEPT:  # names are the clients' to choose: a pattern alias takes any
+                self._aliases[key] = alias
+        return alias
 
     # ------------------------------------------------------------ chat
 
@@ -177,8 +238,8 @@ class Dispatcher:
             record.status = 200
             return web.Response(body=orjson.dumps(local), content_type="application/json")
         failures: list[ProxyError] = []
-        paced = _Paced()
-        async for attempt in self._within_pace(plan.attempts, config, request.content_length, record, paced):
+        attempts = _PacedAttempts(self.pacer, self.router, plan.attempts, config, request.content_length, record)
+        while (attempt := await attempts.next()) is not None:
             outbound = ADAPTERS[attempt.provider.protocol]
             compat = use_compat(plan.group, attempt.provider, route.compat)
             record.target, record.compat, record.upstream_protocol = attempt.label, compat, outbound.name
@@ -198,8 +259,9 @@ class Dispatcher:
                 if client_req.stream:
                     if not outbound.streams_usage(attempt.provider):  # known before the headers go: say so
                         request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
-                    if conversations.keeps(self.conversations, inbound, client_req):
-                        events = conversations.keep_stream(self.conversations, inbound, client_req, record.key_name or "", first, events)
+                    if conversations.keeps(self.conversations, inbound, client_req):  # it watches the guarded events
+                        kept = conversations.keep_stream(self.conversations, inbound, client_req, record.key_name or "", first, aiter(events))
+                        events = _Guarded(kept, config, _FILLED, catches=())
                     return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies,
                                                         release[0] if release else None, attempt, config.server.cooldown_max)
                 record.status = 200
@@ -212,38 +274,9 @@ class Dispatcher:
             finally:
                 for resp in release:
                     resp.close()
-        if paced.wait is not None and not failures:
-            raise paced.refusal(plan.alias)
+        if attempts.wait is not None and not failures:
+            raise attempts.refusal(plan.alias)
         raise self._exhausted(plan, failures, record.attempts)
-
-    async def _within_pace(self, attempts: AttemptPlan, config: Config, body_bytes: int | None, record: RequestRecord,
-                           paced: _Paced) -> AsyncIterator[Attempt]:
-        """The plan's attempts, less those whose upstream is over its rpm/tpm pacing. When every one was,
-        the soonest is waited for up to ``state.queue_seconds``; otherwise ``paced`` says how long to wait."""
-        if self.router.shared_turns is not None:  # shared state only: no coroutine for the local case
-            await self.router.fetch_turns(attempts)
-        estimate = estimate_tokens(body_bytes)
-        deferred: list[tuple[float, Attempt]] = []
-        for attempt in attempts:
-            wait = await self._take_pace(attempt, estimate)
-            if wait is None:
-                yield attempt
-            else:
-                record.attempts.append(f"{attempt.label}:paced")
-                deferred.append((wait, attempt))
-        if not deferred:
-            return
-        wait, attempt = min(deferred, key=lambda d: d[0])
-        if wait <= config.state.queue_seconds:
-            await asyncio.sleep(wait)
-            wait = await self._take_pace(attempt, estimate)
-            if wait is None:
-                yield attempt
-                return
-        paced.wait = wait
-
-    async def _take_pace(self, attempt: Attempt, estimate: int) -> float | None:
-        return await self.pacer.take(attempt.provider.name, attempt.provider.pacing, attempt.label, attempt.target.pacing, estimate)
 
     def fail_over(self, attempt: Attempt, error: ProxyError, config: Config, failures: list[ProxyError], record: RequestRecord) -> bool:
         """After a failed attempt: False when the error is the client's to see; otherwise the
@@ -303,22 +336,31 @@ class Dispatcher:
                 whole = outbound.decode_response(body)
             except (ValueError, KeyError, TypeError) as e:
                 raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
-            if not (compat and tools) and names is None:  # renamed tools are restored on the events below
+            if not (compat and tools) and names is None and not client_req.stream:  # renamed tools are restored below
                 return _Whole(whole, config, UsageFiller(client_req, lambda: _mark_estimated(request, record)))
             events = ir.iterate(ir.response_events(whole))
         if compat and tools:
             events = parse_stream(events, tools)
         elif names is not None:
             events = names.restore(events)
-        return _guard(events, config, UsageFiller(client_req, lambda: _mark_estimated(request, record)))
+        return _Guarded(events, config, UsageFiller(client_req, lambda: _mark_estimated(request, record)))
 
-    async def _first_events(self, events: AsyncIterator[ir.Event], record: RequestRecord) -> list[ir.Event]:
+    async def _first_events(self, events: _Guarded, record: RequestRecord) -> list[ir.Event]:
         """Events up to the first content, so an early upstream error can still fail over."""
         started = time.monotonic()
         first: list[ir.Event] = []
-        async for event in events:
+        source, usage = events.events, events.usage
+        while True:  # _guard's loop, done here (see _Guarded)
+            try:
+                event = await anext(source)
+            except StopAsyncIteration:
+                break
+            except events.catches as e:
+                raise _stream_error(events.failure(e)) from None
             if isinstance(event, ir.StreamError):
-                raise _stream_error(event)
+                raise _stream_error(events.redacted(event))
+            if (extra := usage.before(event)) is not None:
+                first.append(extra)
             first.append(event)
             if not isinstance(event, (ir.ResponseStart, ir.Usage)):
                 break
@@ -327,7 +369,7 @@ class Dispatcher:
 
     async def _stream_to_client(
         self, request: web.Request, route: Route, inbound: Adapter, client_req: ir.Request,
-        first: list[ir.Event], events: AsyncIterator[ir.Event], record: RequestRecord, bodies: BodyLog | None,
+        first: list[ir.Event], events: _Guarded, record: RequestRecord, bodies: BodyLog | None,
         upstream: UpstreamResponse | None = None, attempt: Attempt | None = None, cap: float = 0,
     ) -> web.StreamResponse:
         """The first events are written at once; after them, what one upstream read yields goes in one write."""
@@ -355,19 +397,14 @@ class Dispatcher:
             await write(out)
             if upstream is not None:
                 upstream.before_read = flush
-            async for event in events:
-                if isinstance(event, ir.StreamError):
-                    record.error_kind = event.kind
-                    if attempt is not None:
-                        self._cool_on_error(event, attempt, cap)
-                    pending.append(encoder.error(UpstreamError(event.status, event.kind, event.message)))
-                    break
-                _count(record, event)
-                data = encoder.encode(event)
-                if data:
-                    pending.append(data)
-            else:
+            failed = await _encode_events(events, encoder, record, pending)
+            if failed is None:
                 pending.append(encoder.end())
+            else:
+                record.error_kind = failed.kind
+                if attempt is not None:
+                    self._cool_on_error(failed, attempt, cap)
+                pending.append(encoder.error(UpstreamError(failed.status, failed.kind, failed.message)))
             await flush()
             await resp.write_eof()
         except ConnectionResetError:  # the client hung up: the access log says cancelled; the upstream is closed by chat()
@@ -499,23 +536,90 @@ def _allowed_group(config: Config, route: Route, model: str, key_groups: tuple[s
     return group, name
 
 
-async def _guard(events: AsyncIterator[ir.Event], config: Config, usage: UsageFiller) -> AsyncIterator[ir.Event]:
+# What reading and decoding an upstream's events may raise that becomes the stream's error event.
+_READ_FAILURES = (ProxyError, FrameTooLarge, ValueError, KeyError, TypeError, AttributeError)
+
+
+class _Filled:
+    """The usage filler of events whose missing usage was filled in already."""
+
+    @staticmethod
+    def before(event: ir.Event) -> None:
+        return None
+
+
+_FILLED = _Filled()
+
+
+class _Guarded:
+    """An upstream's events as a client may see them: a failure while reading them becomes one
+    StreamError, its message free of keys, and the usage the upstream did not send is filled in.
+
+    Iterated, it gives them through :func:`_guard`. The loops every event of a stream goes through
+    (``_first_events``, ``_stream_to_client``) do what ``_guard`` does themselves, one generator layer
+    less per event (tests/test_perf_equivalence.py holds both to the same bytes)."""
+
+    __slots__ = ("events", "config", "usage", "catches")
+
+    def __init__(self, events: AsyncIterator[ir.Event], config: Config, usage: UsageFiller | _Filled,
+                 catches: tuple[type[Exception], ...] = _READ_FAILURES) -> None:
+        self.events = aiter(events)
+        self.config = config
+        self.usage = usage
+        self.catches = catches  # () for events that went through a guard already
+
+    def __aiter__(self) -> AsyncIterator[ir.Event]:
+        return _guard(self)
+
+    def redacted(self, event: ir.StreamError) -> ir.StreamError:
+        return ir.StreamError(event.kind, redact_secrets(event.message, self.config), event.status)
+
+    def failure(self, error: Exception) -> ir.StreamError:
+        """The error event for one of ``catches`` raised while reading."""
+        if isinstance(error, ProxyError):
+            return ir.StreamError(error.kind, redact_secrets(error.message, self.config), error.status)
+        if isinstance(error, FrameTooLarge):
+            return ir.StreamError("bad_gateway", str(error), 502)
+        log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(error)[:500], self.config))
+        return ir.StreamError("bad_gateway", f"upstream sent a stream that could not be read ({type(error).__name__})", 502)
+
+
+async def _encode_events(events: _Guarded, encoder: StreamEncoder, record: RequestRecord, out: list[bytes]) -> ir.StreamError | None:
+    """The rest of a stream's events encoded into ``out`` as they come, ``_guard``'s work done in this
+    loop (see _Guarded); the error event that ended the stream, if one did."""
+    source, usage = events.events, events.usage
+    while True:
+        try:
+            event = await anext(source)
+        except StopAsyncIteration:
+            return None
+        except events.catches as e:
+            return events.failure(e)
+        if isinstance(event, ir.StreamError):
+            return events.redacted(event)
+        if (extra := usage.before(event)) is not None:
+            _count(record, extra)
+            out.append(encoder.encode(extra))
+        if isinstance(event, ir.Usage):  # what the record counts: no call for the other events
+            _count(record, event)
+        data = encoder.encode(event)
+        if data:
+            out.append(data)
+
+
+async def _guard(guarded: _Guarded) -> AsyncIterator[ir.Event]:
     """Turn failures while reading the upstream into one StreamError event, its message free of keys;
     fill in the usage the upstream did not send (in this loop: one generator layer per event the less)."""
+    usage = guarded.usage
     try:
-        async for event in events:
+        async for event in guarded.events:
             if isinstance(event, ir.StreamError):
-                event = ir.StreamError(event.kind, redact_secrets(event.message, config), event.status)
+                event = guarded.redacted(event)
             elif (extra := usage.before(event)) is not None:
                 yield extra
             yield event
-    except ProxyError as e:
-        yield ir.StreamError(e.kind, redact_secrets(e.message, config), e.status)
-    except FrameTooLarge as e:
-        yield ir.StreamError("bad_gateway", str(e), 502)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(e)[:500], config))
-        yield ir.StreamError("bad_gateway", f"upstream sent a stream that could not be read ({type(e).__name__})", 502)
+    except guarded.catches as e:
+        yield guarded.failure(e)
 
 
 @dataclass(slots=True)
@@ -529,7 +633,7 @@ class _Whole:
     usage: UsageFiller
 
     def __aiter__(self) -> AsyncIterator[ir.Event]:
-        return _guard(ir.iterate(ir.response_events(self.response)), self.config, self.usage).__aiter__()
+        return aiter(_Guarded(ir.iterate(ir.response_events(self.response)), self.config, self.usage))
 
     def collected(self, model: str) -> ir.Response:
         """``ir.collect`` of ``ir.response_events(response)`` with the missing usage filled in, folded directly."""
@@ -553,10 +657,11 @@ class _Whole:
         except (ValueError, KeyError, TypeError, AttributeError) as e:  # as _guard would have turned it into an error
             log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(e)[:500], self.config))
             raise BadGateway(f"upstream sent a stream that could not be read ({type(e).__name__})") from None
-        self.usage.chars += chars
-        self.usage.before(resp.usage)
-        usage = ir.Usage().merge(resp.usage)
-        extra = self.usage.before(ir.Finished(resp.finish))
+        filler = self.usage
+        filler.chars += chars
+        filler.before(resp.usage)
+        usage = filler.usage  # what collecting the one Usage event gives: a fresh Usage().merge(resp.usage)
+        extra = filler.before(ir.Finished(resp.finish))
         if extra is not None:
             usage = usage.merge(extra)
         return ir.Response(resp.id or "", resp.model or model, parts, resp.finish, usage)

@@ -184,8 +184,11 @@ class AttemptPlan:
         order = self._key_order.get(provider.name)
         if order is None:
             n = len(provider.api_keys)
-            start = self.router.next_turn("keys\0" + provider.name, n) if n > 1 else 0
-            order = [(start + i) % n for i in range(n)] if n else [0]
+            if n > 1:
+                start = self.router.next_turn("keys\0" + provider.name, n)
+                order = [(start + i) % n for i in range(n)]
+            else:
+                order = [0]
             self._key_order[provider.name] = order
         return order
 
@@ -261,6 +264,8 @@ class Router:
     def cooldown(self, provider: str, key: str | None, model: str) -> Cooldown | None:
         """What keeps this deployment out right now (its provider, its key or itself cooling, the one
         lasting longest when several do); None when usable."""
+        if not self._cooldowns:  # nothing cools anywhere: the usual case, decided without a lookup
+            return None
         now = self.clock()
         found = None
         for scope in (("p", provider), ("k", provider, key), ("m", provider, key, model)):
@@ -276,6 +281,8 @@ class Router:
     # ------------------------------------------------------------ outcomes
 
     def succeeded(self, attempt: Attempt) -> None:
+        if not self._strikes:  # no failures to forget
+            return
         for scope in _scopes(attempt):
             self._strikes.pop(scope, None)
 

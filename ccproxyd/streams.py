@@ -6,6 +6,7 @@ stays flat however long the stream runs.
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import AsyncIterable, AsyncIterator
 
@@ -129,11 +130,15 @@ async def iter_sse(chunks: AsyncIterable[bytes], head: bytes = b"") -> AsyncIter
             if (event := parser.line(raw)) is not None:
                 yield event
         splitter.check()
-    async for chunk in chunks:
-        for raw in splitter.feed(chunk):
-            if (event := parser.line(raw)) is not None:
-                yield event
-        splitter.check()
+    try:
+        async for chunk in chunks:
+            for raw in splitter.feed(chunk):
+                if (event := parser.line(raw)) is not None:
+                    yield event
+            splitter.check()
+    finally:  # given up early, the chunks are given up with it: closed now, not by a task once collected
+        if isinstance(chunks, AsyncGenerator):
+            await chunks.aclose()
     for raw in splitter.close():
         if (event := parser.line(raw)) is not None:
             yield event

@@ -225,7 +225,7 @@ def test_limit_windows_are_the_calendars(times: list[float]) -> None:
 
 from ccproxyd import ir  # noqa: E402
 from ccproxyd.config import parse_config  # noqa: E402
-from ccproxyd.dispatch import _guard, _raise_errors, _Whole  # noqa: E402
+from ccproxyd.dispatch import _Guarded, _raise_errors, _Whole  # noqa: E402
 from ccproxyd.paths import parse_path  # noqa: E402
 from ccproxyd.usage import UsageFiller  # noqa: E402
 
@@ -265,7 +265,8 @@ async def _both_ways(resp: ir.Response, client_req: ir.Request) -> tuple[ir.Resp
     def filler(i: int) -> UsageFiller:
         return UsageFiller(client_req, lambda: marks.__setitem__(i, marks[i] + 1))
 
-    general = await ir.collect(_raise_errors(_guard(ir.iterate(ir.response_events(copy.deepcopy(resp))), _CONFIG, filler(0))), client_req.model)
+    general = await ir.collect(_raise_errors(aiter(_Guarded(ir.iterate(ir.response_events(copy.deepcopy(resp))), _CONFIG, filler(0)))),
+                                client_req.model)
     whole = _Whole(copy.deepcopy(resp), _CONFIG, filler(1)).collected(client_req.model)
     return general, marks[0], whole, marks[1]
 
@@ -287,3 +288,119 @@ def test_a_whole_answer_is_what_collecting_its_events_gives(resp: ir.Response) -
 
         ours, theirs = (_VOLATILE.sub(rb"\1-", orjson.dumps(adapter.encode_response(r, client_req))) for r in (whole, general))
         assert ours == theirs  # the ids and times an encoder makes up for an answer without them aside
+
+
+# ---------------------------------------------------------------- field checks: a value of exactly an accepted type passes at once
+
+def _reference_check(value, kinds):
+    """fields.check's rule written out in full (before its shortcut): the error text, or None when the value passes."""
+    from ccproxyd.protocols.fields import _describe
+
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    return None if ok else f"x must be {_describe(kinds)}, got {type(value).__name__}"
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+_KINDS = st.sampled_from([str, int, float, bool, list, dict, (int, float), (str, list), (dict, str), (str, dict), (bool,), (list,)])
+_VALUES = st.one_of(st.booleans(),  # not None: opt and req take that as absent
+                    st.integers(-3, 3), st.floats(allow_nan=False), st.text(max_size=2),
+                    st.lists(st.integers(), max_size=1), st.dictionaries(st.text(max_size=1), st.integers(), max_size=1),
+                    st.builds(_Str, st.text(max_size=2)), st.builds(_Int, st.integers(-3, 3)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(_VALUES, _KINDS)
+def test_field_checks_decide_as_the_full_rule(value, kinds) -> None:
+    from ccproxyd.errors import ClientError
+    from ccproxyd.protocols.fields import check, opt, req
+
+    expected = _reference_check(value, kinds)
+    for run in (lambda: check(value, kinds, "x"), lambda: opt({"x": value}, "x", kinds), lambda: req({"x": value}, "x", kinds)):
+        try:
+            assert run() is value and expected is None
+        except ClientError as e:
+            assert e.message == expected
+
+
+# ---------------------------------------------------------------- a stream's guard, done in the loops that take its events
+
+from ccproxyd.dispatch import Dispatcher, _count, _encode_events, _stream_error  # noqa: E402
+from ccproxyd.errors import ProxyError, UpstreamTimeout  # noqa: E402
+from ccproxyd.observe import RequestRecord  # noqa: E402
+from ccproxyd.routing import Router  # noqa: E402
+
+_FAILURES = st.sampled_from([None, "event", UpstreamTimeout("no chunk within 5s, key sk-test-000000001"), FrameTooLarge("too big"),
+                             ValueError("bad chunk"), KeyError("choices")])
+
+
+async def _upstream(events: list[ir.Event], failure: object, at: int):
+    """The events, with a failure at ``at``: an error event, or an exception raised while reading."""
+    for i, event in enumerate(events):
+        if i == at and failure == "event":
+            yield ir.StreamError("rate_limit", "slow down, sk-test-000000001", 429)
+        elif i == at and failure is not None:
+            raise failure  # type: ignore[misc]
+        yield event
+
+
+async def _stream_both_ways(resp: ir.Response, failure: object, at: int, protocol: str, client_req: ir.Request, route) -> list:
+    """(first events or the error they raised, the rest encoded, the closing error event, the record's counts, estimate marks) per way."""
+    results = []
+    for folded in (False, True):
+        marks = [0]
+        guarded = _Guarded(_upstream(list(ir.response_events(resp)), failure, at), _CONFIG,
+                           UsageFiller(client_req, lambda: marks.__setitem__(0, marks[0] + 1)))
+        record = RequestRecord("r")
+        encoder = ADAPTERS[protocol].stream_encoder(client_req, route)
+        out: list[bytes] = []
+        failed = None
+        try:
+            if folded:
+                first = await Dispatcher._first_events(Dispatcher(Router(), None), guarded, record)  # type: ignore[arg-type]
+                failed = await _encode_events(guarded, encoder, record, out)
+            else:  # the loops as they were, over _guard's generator
+                events = aiter(guarded)
+                first = []
+                async for event in events:
+                    if isinstance(event, ir.StreamError):
+                        raise _stream_error(event)
+                    first.append(event)
+                    if not isinstance(event, (ir.ResponseStart, ir.Usage)):
+                        break
+                async for event in events:
+                    if isinstance(event, ir.StreamError):
+                        failed = event
+                        break
+                    _count(record, event)
+                    data = encoder.encode(event)
+                    if data:
+                        out.append(data)
+        except ProxyError as e:
+            first = [type(e).__name__, e.status, e.message]
+        results.append((first, _VOLATILE.sub(rb"\1-", b"".join(out)), failed, (record.input_tokens, record.output_tokens, record.cached_tokens, record.reasoning_tokens), marks[0]))
+    return results
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(_RESPONSE, _FAILURES, st.integers(0, 12), st.sampled_from(["openai", "claude", "gemini", "ollama"]))
+def test_a_streams_guard_in_its_loops_gives_what_the_guard_generator_gives(resp: ir.Response, failure, at: int, protocol: str) -> None:
+    """Error events redacted, exceptions turned into one error event (or, before the first content, the error
+    failover sees), missing usage filled in before Finished: the same events, so the same bytes."""
+    if protocol not in ADAPTERS:
+        return
+    path, body = _CLIENT_REQUESTS[protocol]
+    route = parse_path("POST", path, {}, None)
+    client_req = ADAPTERS[protocol].decode_request(dict(body), route, {})
+    general, folded = asyncio.run(_stream_both_ways(resp, failure, at, protocol, client_req, route))
+    assert folded == general

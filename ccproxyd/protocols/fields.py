@@ -21,7 +21,15 @@ def _describe(kinds: tuple[type, ...]) -> str:
     return " or ".join(_NAMES.get(k, k.__name__) for k in kinds)
 
 
+def _exactly(value: Any, kinds: type | tuple[type, ...]) -> bool:
+    """The usual case, decided without building anything: the value's own type is one of ``kinds``
+    (which :func:`check` accepts too). Subclasses, and ints where floats are asked for, go the long way."""
+    return type(value) is kinds or (type(kinds) is tuple and type(value) in kinds)
+
+
 def check(value: Any, kinds: type | tuple[type, ...], path: str) -> Any:
+    if _exactly(value, kinds):
+        return value
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
@@ -34,15 +42,18 @@ def check(value: Any, kinds: type | tuple[type, ...], path: str) -> Any:
 def opt(body: dict[str, Any], key: str, kinds: type | tuple[type, ...], path: str = "") -> Any:
     """body[key] checked for type, or None when absent or null."""
     value = body.get(key)
-    if value is None:
-        return None
+    if value is None or _exactly(value, kinds):
+        return value
     return check(value, kinds, f"{path}{key}")
 
 
 def req(body: dict[str, Any], key: str, kinds: type | tuple[type, ...], path: str = "") -> Any:
-    if body.get(key) is None:
+    value = body.get(key)
+    if value is None:
         raise ClientError(f"{path}{key} is required", param=f"{path}{key}")
-    return check(body[key], kinds, f"{path}{key}")
+    if _exactly(value, kinds):
+        return value
+    return check(value, kinds, f"{path}{key}")
 
 
 def number(body: dict[str, Any], key: str, path: str = "") -> float | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-import uuid
+from contextlib import aclosing
 from typing import Any, AsyncIterator, Mapping
 
 import orjson
@@ -318,19 +318,22 @@ class OpenAIStreamDecoder:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            if isinstance(choice.get("text"), str) and choice["text"]:  # a /completions chunk
-                out.extend(self.blocks.text(choice["text"]))
+            text = choice.get("text")
+            if isinstance(text, str) and text:  # a /completions chunk
+                out.extend(self.blocks.text(text))
             for field in REASONING_FIELDS:
                 reasoning = delta.get(field)
                 if isinstance(reasoning, str) and reasoning:
                     out.extend(self.blocks.reasoning(reasoning, {"openai": {"field": field}}))
                     break
-            if isinstance(delta.get("content"), str) and delta["content"]:
-                out.extend(self.blocks.text(delta["content"]))
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                out.extend(self.blocks.text(content))
             for call in delta.get("tool_calls") or ():
                 out.extend(self._call_fragment(call))
-            if choice.get("finish_reason"):
-                self.finish_raw = choice["finish_reason"]
+            finish = choice.get("finish_reason")
+            if finish:
+                self.finish_raw = finish
         return out
 
     def _call_fragment(self, call: dict[str, Any]) -> list[ir.Event]:
@@ -359,7 +362,7 @@ class OpenAIStreamEncoder(StreamEncoder):
     id_prefix = "chatcmpl-"
 
     def __init__(self, req: ir.Request) -> None:
-        self.id = self.id_prefix + uuid.uuid4().hex
+        self.id = self.id_prefix + ir.random_hex()
         self.created = int(time.time())
         self.model = req.model
         options = req.extras.get("openai", {}).get("stream_options")
@@ -392,7 +395,8 @@ class OpenAIStreamEncoder(StreamEncoder):
 
     def encode(self, event: ir.Event) -> bytes:
         if isinstance(event, ir.TextDelta):
-            return self._role() + self._chunk({"content": event.text})
+            chunk = self._chunk({"content": event.text})
+            return chunk if self.started else self._role() + chunk
         if isinstance(event, ir.ReasoningDelta):
             if self.reasoning is not None:
                 self.reasoning.text += event.text
@@ -530,7 +534,7 @@ class OpenAIAdapter(Adapter):
                 for c in calls
             ]
         return {
-            "id": "chatcmpl-" + uuid.uuid4().hex,
+            "id": "chatcmpl-" + ir.random_hex(),
             "object": "chat.completion",
             "created": int(time.time()),
             "model": request.model,
@@ -620,42 +624,48 @@ class OpenAIAdapter(Adapter):
         choice = data["choices"][0]
         message = choice.get("message") or {}
         parts: list[ir.Part] = []
-        field = next((f for f in REASONING_FIELDS if isinstance(message.get(f), str) and message[f]), None)
-        if field:
-            parts.append(_reasoning(message[field], field))
-        if isinstance(message.get("content"), str) and message["content"]:
-            parts.append(ir.Text(message["content"]))
-        if isinstance(choice.get("text"), str) and choice["text"]:  # a /completions answer
-            parts.append(ir.Text(choice["text"]))
+        for field in REASONING_FIELDS:
+            reasoning = message.get(field)
+            if isinstance(reasoning, str) and reasoning:
+                parts.append(_reasoning(reasoning, field))
+                break
+        content = message.get("content")
+        if isinstance(content, str) and content:
+            parts.append(ir.Text(content))
+        text = choice.get("text")
+        if isinstance(text, str) and text:  # a /completions answer
+            parts.append(ir.Text(text))
+        saw_call = False
         for call in message.get("tool_calls") or ():
             fn = call.get("function") or {}
             args = fn.get("arguments")
             parts.append(ir.ToolCall(call.get("id") or ir.new_call_id(), fn.get("name", ""), args if isinstance(args, dict) else ir.parse_arguments(args or "")))
-        saw_call = any(isinstance(p, ir.ToolCall) for p in parts)
+            saw_call = True
         return ir.Response(data.get("id", ""), data.get("model", ""), parts, _finish(choice.get("finish_reason"), saw_call), _usage_from_openai(data.get("usage")))
 
     async def decode_stream(self, chunks: AsyncIterator[bytes]) -> ir.EventStream:
         decoder = OpenAIStreamDecoder()
-        async for event in iter_sse(chunks):
-            if event.data == "[DONE]":
-                break
-            try:
-                chunk = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                yield ir.StreamError("bad_gateway", "upstream sent a stream chunk that is not JSON", 502)
-                return
-            if not isinstance(chunk, dict):
-                continue
-            if chunk.get("error"):
-                err = self.decode_error(500, orjson.dumps(chunk))
-                yield ir.StreamError(err.kind, err.message, err.status)
-                return
-            for e in decoder.feed(chunk):
-                yield e
-        else:
-            if decoder.finish_raw is None:
-                yield ir.StreamError("bad_gateway", "upstream stream ended before it finished", 502)
-                return
+        async with aclosing(iter_sse(chunks)) as events:  # left at [DONE]: closed now, not by a task once collected
+            async for event in events:
+                if event.data == "[DONE]":
+                    break
+                try:
+                    chunk = orjson.loads(event.data)
+                except orjson.JSONDecodeError:
+                    yield ir.StreamError("bad_gateway", "upstream sent a stream chunk that is not JSON", 502)
+                    return
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error"):
+                    err = self.decode_error(500, orjson.dumps(chunk))
+                    yield ir.StreamError(err.kind, err.message, err.status)
+                    return
+                for e in decoder.feed(chunk):
+                    yield e
+            else:
+                if decoder.finish_raw is None:
+                    yield ir.StreamError("bad_gateway", "upstream stream ended before it finished", 502)
+                    return
         for e in decoder.close():
             yield e
 

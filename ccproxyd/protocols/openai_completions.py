@@ -9,7 +9,6 @@ completion per request: ``n`` or ``best_of`` above 1 and ``echo`` are refused.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 from .. import ir
@@ -57,7 +56,7 @@ def _prompt(raw: Any) -> str:
 
 def encode_response(resp: ir.Response, request: ir.Request, finish: str, usage: dict[str, Any]) -> dict[str, Any]:
     return {
-        "id": "cmpl-" + uuid.uuid4().hex,
+        "id": "cmpl-" + ir.random_hex(),
         "object": "text_completion",
         "created": int(time.time()),
         "model": request.model,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from ... import ir
 from ...errors import ClientError
 from .. import carry, files
@@ -59,9 +61,12 @@ def decode_request(body: dict[str, Any], headers: Mapping[str, str]) -> ir.Reque
     )
 
 
+CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)  # header mappings whose get() finds any spelling
+
+
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
-    if value is None:  # plain dicts are case-sensitive; aiohttp's CIMultiDict is not
+    if value is None and not isinstance(headers, CASE_INSENSITIVE):  # plain dicts are case-sensitive; aiohttp's are not
         value = next((v for k, v in headers.items() if k.lower() == name), None)
     return value
 

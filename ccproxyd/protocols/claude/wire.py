@@ -6,7 +6,6 @@ known to be Claude's own.
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 from ... import ir
@@ -172,10 +171,10 @@ def safe_tool_id(call_id: str) -> str:
 
     The same mapping is applied to calls and results, so pairs still match.
     """
-    return _ID_UNSAFE.sub("_", call_id) if call_id else "toolu_" + uuid.uuid4().hex[:24]
+    return _ID_UNSAFE.sub("_", call_id) if call_id else "toolu_" + ir.random_hex(24)
 
 
 def message_id(upstream_id: str | None) -> str:
     if upstream_id and upstream_id.startswith("msg_"):
         return upstream_id
-    return "msg_" + (_ID_UNSAFE.sub("_", upstream_id) if upstream_id else uuid.uuid4().hex[:24])
+    return "msg_" + (_ID_UNSAFE.sub("_", upstream_id) if upstream_id else ir.random_hex(24))

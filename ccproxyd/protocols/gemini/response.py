@@ -8,7 +8,6 @@ conversation returns to Gemini.
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any, AsyncIterator
 
 import orjson
@@ -32,7 +31,7 @@ _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
 def new_response_id() -> str:
-    return uuid.uuid4().hex[:22]
+    return ir.random_hex(22)
 
 
 def _candidate(obj: dict[str, Any]) -> dict[str, Any] | None:

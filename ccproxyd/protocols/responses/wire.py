@@ -8,7 +8,6 @@ reasoning with tools works with ``store: false``.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from ... import ir
@@ -34,7 +33,7 @@ PRIVATE = frozenset({ID, STORE, PREVIOUS, INPUT, ENCRYPTED, SUMMARY, TOOL_NAMES,
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{ir.random_hex()}"
 
 
 def item_id(response_id: str, prefix: str, index: int) -> str:
