@@ -136,8 +136,29 @@ def slots(key: AccessKey, now: float) -> list[Slot]:
             for limit_name, limit, window, suffix in wanted if limit is not None]
 
 
-_ADMIT_ADD = {"requests": "one", "parallel": "one", "tokens": "estimate", "tokens_per_day": "estimate",
-              "tokens_per_month": "estimate", "budget": "none"}
+@dataclass(slots=True)
+class MinutePlan:
+    """A key's slots within one UTC minute, and the counters every request of that minute counts alike.
+
+    Within a minute a key's counter names, limits and ttls do not change (a day and a month begin on a
+    minute), nor do the amounts of ``requests``, ``parallel`` and (on admission) ``budget``: those
+    counters are made once per minute, the token and cost counters per request. The slots' windows
+    hold the minute's first ``reset_in``: a refusal works out its own from the request's time."""
+
+    key: AccessKey
+    minute: int
+    slots: list[Slot]
+    admit_counters: list[Counter | None]  # per slot: its counter on admission, None where it depends on the request
+    settle_counters: list[Counter | None]  # per slot: its counter on settlement, likewise
+
+
+def minute_plan(key: AccessKey, now: float) -> MinutePlan:
+    key_slots = slots(key, now)
+    admit = {"requests": 1, "parallel": 1, "budget": 0}
+    settle = {"requests": 0, "parallel": -1}
+    return MinutePlan(key, int(now // 60), key_slots,
+                      [s.counter_with(1, admit[s.name]) if s.name in admit else None for s in key_slots],
+                      [s.counter_with(0, settle[s.name], check=False) if s.name in settle else None for s in key_slots])
 
 
 class KeyLimiter:
@@ -147,22 +168,30 @@ class KeyLimiter:
         self.state = state
         self.counts = LimitCounts()
         self.budget_left: dict[str, float] = {}  # USD per key with a budget, as of the last refresh_budgets()
+        self._plans: dict[str, MinutePlan] = {}  # key name → its plan for the minute of its last request
+
+    def _plan(self, key: AccessKey, now: float) -> MinutePlan:
+        plan = self._plans.get(key.name)
+        if plan is None or plan.key is not key or plan.minute != int(now // 60):
+            plan = self._plans[key.name] = minute_plan(key, now)
+        return plan
 
     async def admit(self, key: AccessKey | None, body_bytes: int | None, on_error: str) -> Lease | None:
         """A lease for the request, or LimitExceeded (429) naming the limit; None for keys without limits."""
         if key is None or not key.limits:
             return None
         estimate = estimate_tokens(body_bytes)
-        amounts = {"one": 1, "estimate": estimate, "none": 0}
-        key_slots = slots(key, time.time())
+        now = time.time()
+        plan = self._plan(key, now)
+        counters = [counter if counter is not None else s.counter_with(1, estimate) for s, counter in zip(plan.slots, plan.admit_counters)]
         try:
-            full = await self.state.admit([s.counter_with(1, amounts[_ADMIT_ADD[s.name]]) for s in key_slots])
+            full = await self.state.admit(counters)
         except StateUnavailable:
             if on_error == "closed":
                 raise Unavailable("limits cannot be checked: the shared state is unreachable (state.on_state_error = \"closed\")") from None
             return Lease(key, estimate, counted=False)
         if full is not None:
-            raise self._refusal(key, full, key_slots[full.index])
+            raise self._refusal(key, full, slots(key, now)[full.index])
         return Lease(key, estimate)
 
     def _refusal(self, key: AccessKey, full: Full, slot: Slot) -> LimitExceeded:
@@ -206,8 +235,9 @@ class KeyLimiter:
         lease.done = True
         correction = (record.input_tokens or 0) + (record.output_tokens or 0) - lease.estimate
         cost = int(round(cost_usd(price_of(prices, record), record) * _MICRO))
-        amounts = {"requests": 0, "parallel": -1, "budget": cost}
-        return [s.counter_with(0, amounts.get(s.name, correction), check=False) for s in slots(lease.key, time.time())]
+        plan = self._plan(lease.key, time.time())
+        return [counter if counter is not None else s.counter_with(0, cost if s.name == "budget" else correction, check=False)
+                for s, counter in zip(plan.slots, plan.settle_counters)]
 
     async def refresh_budgets(self, keys: tuple[AccessKey, ...]) -> dict[str, float]:
         """USD left this month per key with a budget (kept in ``budget_left`` for /metrics)."""
