@@ -113,6 +113,16 @@ def test_an_overlong_line_fails_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     assert fused == general == ([(None, "one"), (None, "two")], "upstream sent a line longer than 64 bytes")
 
 
+def test_an_overlarge_event_fails_after_the_events_before_it_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event over MAX_FRAME in the same read as complete ones: those are delivered first (SSEDecoder.check)."""
+    import ccproxyd.streams as streams
+
+    monkeypatch.setattr(streams, "MAX_FRAME", 64)
+    parts = [b"data: one\n\ndata: " + b"x" * 100 + b"\n\ndata: three\n\n"]
+    fused = asyncio.run(_events(iter_sse(_chunks(parts))))
+    assert fused == ([(None, "one")], "upstream sent an SSE event larger than 64 bytes")
+
+
 # ---------------------------------------------------------------- one write per upstream read
 
 _VOLATILE = re.compile(rb'("(?:id|created|created_at|responseId|system_fingerprint|\w*_duration)"\s*:\s*)("[^"]*"|\d+)')
@@ -404,3 +414,72 @@ def test_a_streams_guard_in_its_loops_gives_what_the_guard_generator_gives(resp:
     client_req = ADAPTERS[protocol].decode_request(dict(body), route, {})
     general, folded = asyncio.run(_stream_both_ways(resp, failure, at, protocol, client_req, route))
     assert folded == general
+
+
+# ---------------------------------------------------------------- OpenAI's stream decoded in one loop
+
+from contextlib import aclosing  # noqa: E402
+
+import orjson  # noqa: E402
+
+from ccproxyd.protocols.openai import OpenAIStreamDecoder  # noqa: E402
+
+
+async def reference_openai_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[ir.Event]:
+    """OpenAI's stream decoding over ``iter_sse`` (ccproxyd before it split SSE in its own loop)."""
+    adapter, decoder = ADAPTERS["openai"], OpenAIStreamDecoder()
+    async with aclosing(iter_sse(chunks)) as events:
+        async for event in events:
+            if event.data == "[DONE]":
+                break
+            try:
+                chunk = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                yield ir.StreamError("bad_gateway", "upstream sent a stream chunk that is not JSON", 502)
+                return
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error"):
+                err = adapter.decode_error(500, orjson.dumps(chunk))
+                yield ir.StreamError(err.kind, err.message, err.status)
+                return
+            for e in decoder.feed(chunk):
+                yield e
+        else:
+            if decoder.finish_raw is None:
+                yield ir.StreamError("bad_gateway", "upstream stream ended before it finished", 502)
+                return
+    for e in decoder.close():
+        yield e
+
+
+async def _ir_events(gen: AsyncIterator[ir.Event]) -> tuple[list[ir.Event], str | None]:
+    out: list[ir.Event] = []
+    try:
+        async for e in gen:
+            out.append(e)
+    except Exception as e:  # what the dispatcher's guard would turn into an error event
+        return out, repr(e)
+    return out, None
+
+
+_OPENAI_FRAMES = st.sampled_from([
+    b'data: {"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t1","function":{"name":"f","arguments":"{}"}}]}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n',
+    b'data: {"error":{"message":"overloaded","type":"server_error"}}\n\n',
+    b'data: {"choices":[1]}\n\n', b"data: [1]\n\n", b"data: not json\n\n", b"data: [DONE]\n\n", b"data: [DONE]",
+    b": keep-alive\n\n", b"\n", b'data: {"choices":[{"delta":{"content":"x"}}]}',
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_OPENAI_FRAMES, max_size=12), st.lists(st.integers(min_value=0, max_value=5_000), max_size=6))
+def test_openai_stream_decoding_in_one_loop_equals_it_over_iter_sse(frames: list[bytes], cuts: list[int]) -> None:
+    parts = _cut(b"".join(frames), cuts)
+    fused = asyncio.run(_ir_events(ADAPTERS["openai"].decode_stream(_chunks(parts))))
+    general = asyncio.run(_ir_events(reference_openai_stream(_chunks(parts))))
+    assert fused == general
