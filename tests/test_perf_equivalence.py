@@ -483,3 +483,37 @@ def test_openai_stream_decoding_in_one_loop_equals_it_over_iter_sse(frames: list
     fused = asyncio.run(_ir_events(ADAPTERS["openai"].decode_stream(_chunks(parts))))
     general = asyncio.run(_ir_events(reference_openai_stream(_chunks(parts))))
     assert fused == general
+
+
+# ---------------------------------------------------------------- upstream chunks closed at the final event
+
+_FINAL = {
+    "openai": b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+    "claude": (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"m","usage":{"input_tokens":1}}}\n\n'
+               b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}\n\n'
+               b'event: message_stop\ndata: {"type":"message_stop"}\n\n'),
+    "responses": (b'data: {"type":"response.created","response":{"id":"resp_1","model":"m"}}\n\n'
+                  b'data: {"type":"response.completed","response":{"id":"resp_1","model":"m","status":"completed","output":[]}}\n\n'),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(_FINAL))
+def test_a_stream_read_to_its_final_event_closes_the_upstream_chunks(protocol: str) -> None:
+    """Nothing left for a task of the event loop to close once the stream is collected."""
+    closed: list[bool] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield _FINAL[protocol]
+            yield b": never read\n\n"
+        finally:
+            closed.append(True)
+
+    async def read() -> list[ir.Event]:
+        events = ADAPTERS[protocol].decode_stream(chunks())
+        out = [e async for e in events]
+        assert closed == [True], "closed by the time the stream's last event was taken"
+        return out
+
+    out = asyncio.run(read())
+    assert isinstance(out[-1], ir.Finished) and not any(isinstance(e, ir.StreamError) for e in out), out
