@@ -517,3 +517,53 @@ def test_a_stream_read_to_its_final_event_closes_the_upstream_chunks(protocol: s
 
     out = asyncio.run(read())
     assert isinstance(out[-1], ir.Finished) and not any(isinstance(e, ir.StreamError) for e in out), out
+
+
+# ---------------------------------------------------------------- Gemini's stream objects read in one loop
+
+from ccproxyd.protocols.gemini.response import _objects  # noqa: E402
+
+
+async def reference_gemini_objects(chunks: AsyncIterator[bytes]) -> AsyncIterator[object]:
+    """Gemini's stream values over ``iter_sse`` (ccproxyd before it split SSE in its own loop)."""
+    it = chunks.__aiter__()
+    head = b""
+    while not head.strip():
+        try:
+            head += await anext(it)
+        except StopAsyncIteration:
+            return
+    if head.lstrip().startswith(b"["):
+        rest = [head]
+        async for chunk in it:
+            rest.append(chunk)
+        for item in orjson.loads(b"".join(rest)):
+            yield item
+        return
+    async for event in iter_sse(it, head):
+        yield orjson.loads(event.data)
+
+
+async def _values(gen: AsyncIterator[object]) -> tuple[list[object], str | None]:
+    out: list[object] = []
+    try:
+        async for value in gen:
+            out.append(value)
+    except Exception as e:
+        return out, repr(e)
+    return out, None
+
+
+_GEMINI_FRAMES = st.sampled_from([
+    b'data: {"candidates":[{"content":{"parts":[{"text":"Hel"}]}}]}\n\n', b'data: {"usageMetadata":{"promptTokenCount":2}}\r\n\r\n',
+    b"data: [1, 2]\n\n", b"data: nope\n\n", b": ping\n\n", b"\n", b"  ", b"[", b'{"a": 1}', b"]", b"data: 7",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_GEMINI_FRAMES, max_size=10), st.lists(st.integers(min_value=0, max_value=2_000), max_size=6))
+def test_gemini_stream_values_in_one_loop_equal_them_over_iter_sse(frames: list[bytes], cuts: list[int]) -> None:
+    parts = _cut(b"".join(frames), cuts)
+    fused = asyncio.run(_values(_objects(_chunks(parts))))
+    general = asyncio.run(_values(reference_gemini_objects(_chunks(parts))))
+    assert fused == general
