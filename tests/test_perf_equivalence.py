@@ -102,6 +102,31 @@ def test_sse_with_head_equals_sse_of_the_whole(pieces: list[bytes], split: int) 
     assert with_head == general
 
 
+_READS = st.sampled_from([b"data: x\n\n", b"data: {\"a\": 1}\n\n", b"data: \n\n", b"data:  two\n\n", b"data: h\xc3\xa9\xff\n\n",
+                          b"data: a\r\n\r\n", b"data: a\nb\n\n", b"data: a\n\n\n", b"event: e\n", b"data: p\n", b"\n", b"\r",
+                          b"\xef\xbb\xbf", b"\xef\xbb\xbfdata: x\n\n", b"data: [DONE]\n\n", b": c\n\n", b"dat", b"a: y\n\n",
+                          b"data: a\n\ndata: b\n\n", b"data: a\n\n\n\n", b"data: a\n\n\ndata: b\n\n", b"data: a\n\nevent: e\ndata: b\n\n"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_READS, max_size=20))
+def test_reads_of_one_whole_event_each_give_what_the_line_rules_give(reads: list[bytes]) -> None:
+    """SSEDecoder takes a read of nothing but whole one-line ``data: ...`` events directly (the usual upstream read)."""
+    fused = asyncio.run(_events(iter_sse(_chunks(reads))))
+    general = asyncio.run(_events(reference_sse(_chunks(reads))))
+    assert fused == general
+
+
+def test_a_whole_data_event_over_max_frame_fails_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ccproxyd.streams as streams
+
+    monkeypatch.setattr(streams, "MAX_FRAME", 64)
+    reads = [b"data: one\n\n", b"data: " + b"x" * 65 + b"\n\ndata: three\n\n"]
+    assert asyncio.run(_events(iter_sse(_chunks(reads)))) == ([(None, "one")], "upstream sent an SSE event larger than 64 bytes")
+    reads = [b"data: " + b"x" * 64 + b"\n\n"]
+    assert asyncio.run(_events(iter_sse(_chunks(reads)))) == ([(None, "x" * 64)], None)
+
+
 def test_an_overlong_line_fails_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     """The events before an unended line over MAX_FRAME are delivered, then the same error."""
     import ccproxyd.streams as streams
