@@ -13,6 +13,7 @@ import itertools
 import logging
 import math
 import time
+from functools import partial
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
@@ -134,6 +135,8 @@ class _PacedAttempts:
                 await self.router.fetch_turns(self.attempts)
             self.remaining = iter(self.attempts)
         for attempt in self.remaining:
+            if not attempt.provider.pacing and not attempt.target.pacing:  # unpaced: no coroutine to ask the pacer
+                return attempt
             wait = await self._take(attempt)
             if wait is None:
                 return attempt
@@ -215,68 +218,68 @@ class Dispatcher:
     # ------------------------------------------------------------ chat
 
     async def chat(self, request: web.Request, route: Route, config: Config, record: RequestRecord, key_groups: tuple[str, ...]) -> web.StreamResponse:
+        """One coroutine for the whole request (no inner one just to catch a shutdown's cancellation)."""
         try:
-            return await self._chat(request, route, config, record, key_groups)
+            inbound = ADAPTERS[route.protocol or "openai"]
+            body = await read_json_body(request, config.server.max_body_bytes, config.server.max_json_depth)
+            bodies = self.body_log()
+            if bodies is not None:
+                bodies.write({"request_id": record.request_id, "direction": "client_request", "path": request.path, "body": body})
+            client_req = inbound.decode_request(body, route, request.headers)
+            if inbound.continues(client_req) is not None:  # no coroutine for the requests that continue nothing
+                client_req = await conversations.resume(self.conversations, inbound, client_req, record.key_name or "")
+            record.stream = client_req.stream
+            plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
+            local = inbound.answer_locally(client_req)
+            if local is not None:
+                record.status = 200
+                return web.Response(body=orjson.dumps(local), content_type="application/json")
+            failures: list[ProxyError] = []
+            attempts = _PacedAttempts(self.pacer, self.router, plan.attempts, config, request.content_length, record)
+            while (attempt := await attempts.next()) is not None:
+                outbound = ADAPTERS[attempt.provider.protocol]
+                compat = use_compat(plan.group, attempt.provider, route.compat)
+                record.target, record.compat, record.upstream_protocol = attempt.label, compat, outbound.name
+                release: list[Any] = []
+                try:
+                    try:
+                        events = await self._open_events(request, config, client_req, plan, attempt, outbound, compat, record, release)
+                        if client_req.stream:
+                            first = await self._first_events(events, record)
+                        elif isinstance(events, _Whole):  # decoded already: no coroutine to collect it
+                            response = self._collect_whole(events, client_req, record)
+                        else:
+                            response = await self._collect(events, client_req, record)
+                    except ProxyError as e:
+                        if not self.fail_over(attempt, e, config, failures, record):
+                            raise
+                        continue
+                    self.router.succeeded(attempt)
+                    if client_req.stream:
+                        if not outbound.streams_usage(attempt.provider):  # known before the headers go: say so
+                            request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
+                        if conversations.keeps(self.conversations, inbound, client_req):  # it watches the guarded events
+                            kept = conversations.keep_stream(self.conversations, inbound, client_req, record.key_name or "", first, aiter(events))
+                            events = _Guarded(kept, config, _FILLED, catches=())
+                        return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies,
+                                                            release[0] if release else None, attempt, config.server.cooldown_max)
+                    record.status = 200
+                    if conversations.keeps(self.conversations, inbound, client_req):
+                        await conversations.keep(self.conversations, inbound, client_req, response, record.key_name or "")
+                    answer = inbound.encode_response(response, client_req)
+                    if bodies is not None:
+                        bodies.write({"request_id": record.request_id, "direction": "client_response", "status": 200, "body": answer})
+                    return web.Response(body=orjson.dumps(answer), content_type="application/json")
+                finally:
+                    for resp in release:
+                        resp.close()
+            if attempts.wait is not None and not failures:
+                raise attempts.refusal(plan.alias)
+            raise self._exhausted(plan, failures, record.attempts)
         except asyncio.CancelledError:
             if self.stopping:  # not answered within shutdown_grace (a stream says so itself, in _stream_to_client)
                 raise Unavailable("server shutting down") from None
             raise
-
-    async def _chat(self, request: web.Request, route: Route, config: Config, record: RequestRecord, key_groups: tuple[str, ...]) -> web.StreamResponse:
-        inbound = ADAPTERS[route.protocol or "openai"]
-        body = await read_json_body(request, config.server.max_body_bytes, config.server.max_json_depth)
-        bodies = self.body_log()
-        if bodies is not None:
-            bodies.write({"request_id": record.request_id, "direction": "client_request", "path": request.path, "body": body})
-        client_req = inbound.decode_request(body, route, request.headers)
-        if inbound.continues(client_req) is not None:  # no coroutine for the requests that continue nothing
-            client_req = await conversations.resume(self.conversations, inbound, client_req, record.key_name or "")
-        record.stream = client_req.stream
-        plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
-        local = inbound.answer_locally(client_req)
-        if local is not None:
-            record.status = 200
-            return web.Response(body=orjson.dumps(local), content_type="application/json")
-        failures: list[ProxyError] = []
-        attempts = _PacedAttempts(self.pacer, self.router, plan.attempts, config, request.content_length, record)
-        while (attempt := await attempts.next()) is not None:
-            outbound = ADAPTERS[attempt.provider.protocol]
-            compat = use_compat(plan.group, attempt.provider, route.compat)
-            record.target, record.compat, record.upstream_protocol = attempt.label, compat, outbound.name
-            release: list[Any] = []
-            try:
-                try:
-                    events = await self._open_events(request, config, client_req, plan, attempt, outbound, compat, record, release)
-                    if client_req.stream:
-                        first = await self._first_events(events, record)
-                    else:
-                        response = await self._collect(events, client_req, record)
-                except ProxyError as e:
-                    if not self.fail_over(attempt, e, config, failures, record):
-                        raise
-                    continue
-                self.router.succeeded(attempt)
-                if client_req.stream:
-                    if not outbound.streams_usage(attempt.provider):  # known before the headers go: say so
-                        request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
-                    if conversations.keeps(self.conversations, inbound, client_req):  # it watches the guarded events
-                        kept = conversations.keep_stream(self.conversations, inbound, client_req, record.key_name or "", first, aiter(events))
-                        events = _Guarded(kept, config, _FILLED, catches=())
-                    return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies,
-                                                        release[0] if release else None, attempt, config.server.cooldown_max)
-                record.status = 200
-                if conversations.keeps(self.conversations, inbound, client_req):
-                    await conversations.keep(self.conversations, inbound, client_req, response, record.key_name or "")
-                answer = inbound.encode_response(response, client_req)
-                if bodies is not None:
-                    bodies.write({"request_id": record.request_id, "direction": "client_response", "status": 200, "body": answer})
-                return web.Response(body=orjson.dumps(answer), content_type="application/json")
-            finally:
-                for resp in release:
-                    resp.close()
-        if attempts.wait is not None and not failures:
-            raise attempts.refusal(plan.alias)
-        raise self._exhausted(plan, failures, record.attempts)
 
     def fail_over(self, attempt: Attempt, error: ProxyError, config: Config, failures: list[ProxyError], record: RequestRecord) -> bool:
         """After a failed attempt: False when the error is the client's to see; otherwise the
@@ -337,13 +340,13 @@ class Dispatcher:
             except (ValueError, KeyError, TypeError) as e:
                 raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
             if not (compat and tools) and names is None and not client_req.stream:  # renamed tools are restored below
-                return _Whole(whole, config, UsageFiller(client_req, lambda: _mark_estimated(request, record)))
+                return _Whole(whole, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
             events = ir.iterate(ir.response_events(whole))
         if compat and tools:
             events = parse_stream(events, tools)
         elif names is not None:
             events = names.restore(events)
-        return _Guarded(events, config, UsageFiller(client_req, lambda: _mark_estimated(request, record)))
+        return _Guarded(events, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
 
     async def _first_events(self, events: _Guarded, record: RequestRecord) -> list[ir.Event]:
         """Events up to the first content, so an early upstream error can still fail over."""
@@ -426,10 +429,16 @@ class Dispatcher:
 
     async def _collect(self, events: AsyncIterator[ir.Event], client_req: ir.Request, record: RequestRecord) -> ir.Response:
         started = time.monotonic()
-        if isinstance(events, _Whole):
-            response = events.collected(client_req.model)
-        else:
-            response = await ir.collect(_raise_errors(events), client_req.model)
+        response = await ir.collect(_raise_errors(events), client_req.model)
+        record.upstream_seconds += time.monotonic() - started
+        _count(record, response.usage)
+        return response
+
+    @staticmethod
+    def _collect_whole(events: _Whole, client_req: ir.Request, record: RequestRecord) -> ir.Response:
+        """``_collect`` of an answer decoded whole."""
+        started = time.monotonic()
+        response = events.collected(client_req.model)
         record.upstream_seconds += time.monotonic() - started
         _count(record, response.usage)
         return response

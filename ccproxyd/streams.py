@@ -119,30 +119,82 @@ class _SSEParser:
         return SSEEvent(self.event, "\n".join(self.data)) if self.data else None
 
 
+class SSEDecoder:
+    """Server-sent events from a byte stream fed a chunk at a time: :func:`iter_sse` for a loop that
+    reads the chunks itself (one async generator less per chunk). After using the events of each
+    :meth:`feed`, call :meth:`check`: a frame grown too large is refused there, after the events before it."""
+
+    __slots__ = ("splitter", "parser", "failure")
+
+    def __init__(self) -> None:
+        self.splitter = LineSplitter()
+        self.parser = _SSEParser()
+        self.failure: FrameTooLarge | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        data = self._data_only(chunk)
+        if data is not None:
+            return [SSEEvent(None, value) for value in data]
+        events = []
+        try:
+            for raw in self.splitter.feed(chunk):
+                if (event := self.parser.line(raw)) is not None:
+                    events.append(event)
+        except FrameTooLarge as e:
+            self.failure = e
+        return events
+
+    def _data_only(self, chunk: bytes) -> list[str] | None:
+        """The events' data when ``chunk`` is nothing but whole one-line ``data: ...`` events and nothing is
+        pending (the usual upstream read): what the line rules in :meth:`feed` give, taken directly. Else None."""
+        if not (chunk.startswith(b"data: ") and chunk.endswith(b"\n\n")) or b"\r" in chunk:
+            return None
+        if self.splitter.pending or self.parser.data or self.parser.event is not None:
+            return None
+        frames = chunk[:-2].split(b"\n\n")
+        for frame in frames:
+            if not frame.startswith(b"data: ") or b"\n" in frame or len(frame) - 6 > MAX_FRAME:
+                return None
+        self.parser.first, self.splitter.after_cr = False, False
+        return [frame[6:].decode("utf-8", "replace") for frame in frames]
+
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+        self.splitter.check()
+
+    def close(self) -> list[SSEEvent]:
+        """The events a last unterminated line and unfinished event complete."""
+        events = [event for raw in self.splitter.close() if (event := self.parser.line(raw)) is not None]
+        if (event := self.parser.close()) is not None:
+            events.append(event)
+        return events
+
+
+async def close_chunks(chunks: AsyncIterable[bytes]) -> None:
+    """Chunks given up early are closed now, not by a task once collected."""
+    if isinstance(chunks, AsyncGenerator):
+        await chunks.aclose()
+
+
 async def iter_sse(chunks: AsyncIterable[bytes], head: bytes = b"") -> AsyncIterator[SSEEvent]:
     """Server-sent events per the WHATWG spec: comments ignored, multi-line data joined.
 
     One generator over the chunks (lines are split in the same loop, not by another generator);
     ``head``: bytes already read off the stream, parsed first."""
-    splitter, parser = LineSplitter(), _SSEParser()
+    sse = SSEDecoder()
     if head:
-        for raw in splitter.feed(head):
-            if (event := parser.line(raw)) is not None:
-                yield event
-        splitter.check()
+        for event in sse.feed(head):
+            yield event
+        sse.check()
     try:
         async for chunk in chunks:
-            for raw in splitter.feed(chunk):
-                if (event := parser.line(raw)) is not None:
-                    yield event
-            splitter.check()
-    finally:  # given up early, the chunks are given up with it: closed now, not by a task once collected
-        if isinstance(chunks, AsyncGenerator):
-            await chunks.aclose()
-    for raw in splitter.close():
-        if (event := parser.line(raw)) is not None:
-            yield event
-    if (event := parser.close()) is not None:
+            for event in sse.feed(chunk):
+                yield event
+            sse.check()
+    finally:  # given up early, the chunks are given up with it
+        await close_chunks(chunks)
+    for event in sse.close():
         yield event
 
 

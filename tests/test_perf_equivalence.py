@@ -102,6 +102,31 @@ def test_sse_with_head_equals_sse_of_the_whole(pieces: list[bytes], split: int) 
     assert with_head == general
 
 
+_READS = st.sampled_from([b"data: x\n\n", b"data: {\"a\": 1}\n\n", b"data: \n\n", b"data:  two\n\n", b"data: h\xc3\xa9\xff\n\n",
+                          b"data: a\r\n\r\n", b"data: a\nb\n\n", b"data: a\n\n\n", b"event: e\n", b"data: p\n", b"\n", b"\r",
+                          b"\xef\xbb\xbf", b"\xef\xbb\xbfdata: x\n\n", b"data: [DONE]\n\n", b": c\n\n", b"dat", b"a: y\n\n",
+                          b"data: a\n\ndata: b\n\n", b"data: a\n\n\n\n", b"data: a\n\n\ndata: b\n\n", b"data: a\n\nevent: e\ndata: b\n\n"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_READS, max_size=20))
+def test_reads_of_one_whole_event_each_give_what_the_line_rules_give(reads: list[bytes]) -> None:
+    """SSEDecoder takes a read of nothing but whole one-line ``data: ...`` events directly (the usual upstream read)."""
+    fused = asyncio.run(_events(iter_sse(_chunks(reads))))
+    general = asyncio.run(_events(reference_sse(_chunks(reads))))
+    assert fused == general
+
+
+def test_a_whole_data_event_over_max_frame_fails_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ccproxyd.streams as streams
+
+    monkeypatch.setattr(streams, "MAX_FRAME", 64)
+    reads = [b"data: one\n\n", b"data: " + b"x" * 65 + b"\n\ndata: three\n\n"]
+    assert asyncio.run(_events(iter_sse(_chunks(reads)))) == ([(None, "one")], "upstream sent an SSE event larger than 64 bytes")
+    reads = [b"data: " + b"x" * 64 + b"\n\n"]
+    assert asyncio.run(_events(iter_sse(_chunks(reads)))) == ([(None, "x" * 64)], None)
+
+
 def test_an_overlong_line_fails_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     """The events before an unended line over MAX_FRAME are delivered, then the same error."""
     import ccproxyd.streams as streams
@@ -111,6 +136,16 @@ def test_an_overlong_line_fails_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     fused = asyncio.run(_events(iter_sse(_chunks(parts))))
     general = asyncio.run(_events(reference_sse(_chunks(parts))))
     assert fused == general == ([(None, "one"), (None, "two")], "upstream sent a line longer than 64 bytes")
+
+
+def test_an_overlarge_event_fails_after_the_events_before_it_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event over MAX_FRAME in the same read as complete ones: those are delivered first (SSEDecoder.check)."""
+    import ccproxyd.streams as streams
+
+    monkeypatch.setattr(streams, "MAX_FRAME", 64)
+    parts = [b"data: one\n\ndata: " + b"x" * 100 + b"\n\ndata: three\n\n"]
+    fused = asyncio.run(_events(iter_sse(_chunks(parts))))
+    assert fused == ([(None, "one")], "upstream sent an SSE event larger than 64 bytes")
 
 
 # ---------------------------------------------------------------- one write per upstream read
@@ -404,3 +439,156 @@ def test_a_streams_guard_in_its_loops_gives_what_the_guard_generator_gives(resp:
     client_req = ADAPTERS[protocol].decode_request(dict(body), route, {})
     general, folded = asyncio.run(_stream_both_ways(resp, failure, at, protocol, client_req, route))
     assert folded == general
+
+
+# ---------------------------------------------------------------- OpenAI's stream decoded in one loop
+
+from contextlib import aclosing  # noqa: E402
+
+import orjson  # noqa: E402
+
+from ccproxyd.protocols.openai import OpenAIStreamDecoder  # noqa: E402
+
+
+async def reference_openai_stream(chunks: AsyncIterator[bytes]) -> AsyncIterator[ir.Event]:
+    """OpenAI's stream decoding over ``iter_sse`` (ccproxyd before it split SSE in its own loop)."""
+    adapter, decoder = ADAPTERS["openai"], OpenAIStreamDecoder()
+    async with aclosing(iter_sse(chunks)) as events:
+        async for event in events:
+            if event.data == "[DONE]":
+                break
+            try:
+                chunk = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                yield ir.StreamError("bad_gateway", "upstream sent a stream chunk that is not JSON", 502)
+                return
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error"):
+                err = adapter.decode_error(500, orjson.dumps(chunk))
+                yield ir.StreamError(err.kind, err.message, err.status)
+                return
+            for e in decoder.feed(chunk):
+                yield e
+        else:
+            if decoder.finish_raw is None:
+                yield ir.StreamError("bad_gateway", "upstream stream ended before it finished", 502)
+                return
+    for e in decoder.close():
+        yield e
+
+
+async def _ir_events(gen: AsyncIterator[ir.Event]) -> tuple[list[ir.Event], str | None]:
+    out: list[ir.Event] = []
+    try:
+        async for e in gen:
+            out.append(e)
+    except Exception as e:  # what the dispatcher's guard would turn into an error event
+        return out, repr(e)
+    return out, None
+
+
+_OPENAI_FRAMES = st.sampled_from([
+    b'data: {"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"hm"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t1","function":{"name":"f","arguments":"{}"}}]}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n',
+    b'data: {"error":{"message":"overloaded","type":"server_error"}}\n\n',
+    b'data: {"choices":[1]}\n\n', b"data: [1]\n\n", b"data: not json\n\n", b"data: [DONE]\n\n", b"data: [DONE]",
+    b": keep-alive\n\n", b"\n", b'data: {"choices":[{"delta":{"content":"x"}}]}',
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_OPENAI_FRAMES, max_size=12), st.lists(st.integers(min_value=0, max_value=5_000), max_size=6))
+def test_openai_stream_decoding_in_one_loop_equals_it_over_iter_sse(frames: list[bytes], cuts: list[int]) -> None:
+    parts = _cut(b"".join(frames), cuts)
+    fused = asyncio.run(_ir_events(ADAPTERS["openai"].decode_stream(_chunks(parts))))
+    general = asyncio.run(_ir_events(reference_openai_stream(_chunks(parts))))
+    assert fused == general
+
+
+# ---------------------------------------------------------------- upstream chunks closed at the final event
+
+_FINAL = {
+    "openai": b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+    "claude": (b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","model":"m","usage":{"input_tokens":1}}}\n\n'
+               b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}\n\n'
+               b'event: message_stop\ndata: {"type":"message_stop"}\n\n'),
+    "responses": (b'data: {"type":"response.created","response":{"id":"resp_1","model":"m"}}\n\n'
+                  b'data: {"type":"response.completed","response":{"id":"resp_1","model":"m","status":"completed","output":[]}}\n\n'),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(_FINAL))
+def test_a_stream_read_to_its_final_event_closes_the_upstream_chunks(protocol: str) -> None:
+    """Nothing left for a task of the event loop to close once the stream is collected."""
+    closed: list[bool] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            yield _FINAL[protocol]
+            yield b": never read\n\n"
+        finally:
+            closed.append(True)
+
+    async def read() -> list[ir.Event]:
+        events = ADAPTERS[protocol].decode_stream(chunks())
+        out = [e async for e in events]
+        assert closed == [True], "closed by the time the stream's last event was taken"
+        return out
+
+    out = asyncio.run(read())
+    assert isinstance(out[-1], ir.Finished) and not any(isinstance(e, ir.StreamError) for e in out), out
+
+
+# ---------------------------------------------------------------- Gemini's stream objects read in one loop
+
+from ccproxyd.protocols.gemini.response import _objects  # noqa: E402
+
+
+async def reference_gemini_objects(chunks: AsyncIterator[bytes]) -> AsyncIterator[object]:
+    """Gemini's stream values over ``iter_sse`` (ccproxyd before it split SSE in its own loop)."""
+    it = chunks.__aiter__()
+    head = b""
+    while not head.strip():
+        try:
+            head += await anext(it)
+        except StopAsyncIteration:
+            return
+    if head.lstrip().startswith(b"["):
+        rest = [head]
+        async for chunk in it:
+            rest.append(chunk)
+        for item in orjson.loads(b"".join(rest)):
+            yield item
+        return
+    async for event in iter_sse(it, head):
+        yield orjson.loads(event.data)
+
+
+async def _values(gen: AsyncIterator[object]) -> tuple[list[object], str | None]:
+    out: list[object] = []
+    try:
+        async for value in gen:
+            out.append(value)
+    except Exception as e:
+        return out, repr(e)
+    return out, None
+
+
+_GEMINI_FRAMES = st.sampled_from([
+    b'data: {"candidates":[{"content":{"parts":[{"text":"Hel"}]}}]}\n\n', b'data: {"usageMetadata":{"promptTokenCount":2}}\r\n\r\n',
+    b"data: [1, 2]\n\n", b"data: nope\n\n", b": ping\n\n", b"\n", b"  ", b"[", b'{"a": 1}', b"]", b"data: 7",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_GEMINI_FRAMES, max_size=10), st.lists(st.integers(min_value=0, max_value=2_000), max_size=6))
+def test_gemini_stream_values_in_one_loop_equal_them_over_iter_sse(frames: list[bytes], cuts: list[int]) -> None:
+    parts = _cut(b"".join(frames), cuts)
+    fused = asyncio.run(_values(_objects(_chunks(parts))))
+    general = asyncio.run(_values(reference_gemini_objects(_chunks(parts))))
+    assert fused == general

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from contextlib import aclosing
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator, Iterator, Mapping
 
 import orjson
 
@@ -13,7 +12,7 @@ from ..config import Provider
 from ..errors import ClientError, ProxyError, UpstreamError
 from ..ir_embed import EmbedRequest, EmbedResponse
 from ..paths import Route
-from ..streams import iter_sse, sse_frame
+from ..streams import SSEDecoder, SSEEvent, close_chunks, sse_frame
 from . import carry, files, openai_completions, openai_embed
 from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget, bearer_headers
 from ..toolnames import ToolNameRule
@@ -306,6 +305,7 @@ class OpenAIStreamDecoder:
         self.usage: ir.Usage | None = None
         self.call_index: int | None = None
         self.saw_call = False
+        self.ended: str | None = None  # "done" at [DONE], "error" after an error event: nothing more is read
 
     def feed(self, chunk: dict[str, Any]) -> list[ir.Event]:
         out: list[ir.Event] = []
@@ -644,30 +644,49 @@ class OpenAIAdapter(Adapter):
         return ir.Response(data.get("id", ""), data.get("model", ""), parts, _finish(choice.get("finish_reason"), saw_call), _usage_from_openai(data.get("usage")))
 
     async def decode_stream(self, chunks: AsyncIterator[bytes]) -> ir.EventStream:
-        decoder = OpenAIStreamDecoder()
-        async with aclosing(iter_sse(chunks)) as events:  # left at [DONE]: closed now, not by a task once collected
-            async for event in events:
-                if event.data == "[DONE]":
+        """SSE is split in this loop, not by an ``iter_sse`` generator in between: one async generator
+        layer less per chunk. Left at [DONE], the chunks are closed at once, not by a task once collected."""
+        decoder, sse = OpenAIStreamDecoder(), SSEDecoder()
+        try:
+            async for data in chunks:
+                for event in self._stream_events(decoder, sse.feed(data)):
+                    yield event
+                if decoder.ended is not None:
                     break
-                try:
-                    chunk = orjson.loads(event.data)
-                except orjson.JSONDecodeError:
-                    yield ir.StreamError("bad_gateway", "upstream sent a stream chunk that is not JSON", 502)
-                    return
-                if not isinstance(chunk, dict):
-                    continue
-                if chunk.get("error"):
-                    err = self.decode_error(500, orjson.dumps(chunk))
-                    yield ir.StreamError(err.kind, err.message, err.status)
-                    return
-                for e in decoder.feed(chunk):
-                    yield e
+                sse.check()
             else:
-                if decoder.finish_raw is None:
-                    yield ir.StreamError("bad_gateway", "upstream stream ended before it finished", 502)
-                    return
-        for e in decoder.close():
-            yield e
+                for event in self._stream_events(decoder, sse.close()):
+                    yield event
+        finally:
+            await close_chunks(chunks)
+        if decoder.ended == "error":
+            return
+        if decoder.ended is None and decoder.finish_raw is None:
+            yield ir.StreamError("bad_gateway", "upstream stream ended before it finished", 502)
+            return
+        for event in decoder.close():
+            yield event
+
+    def _stream_events(self, decoder: OpenAIStreamDecoder, events: list[SSEEvent]) -> Iterator[ir.Event]:
+        """The IR events of these SSE events, up to [DONE] or an error event (``decoder.ended`` says which)."""
+        for event in events:
+            if event.data == "[DONE]":
+                decoder.ended = "done"
+                return
+            try:
+                chunk = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                decoder.ended = "error"
+                yield ir.StreamError("bad_gateway", "upstream sent a stream chunk that is not JSON", 502)
+                return
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error"):
+                err = self.decode_error(500, orjson.dumps(chunk))
+                decoder.ended = "error"
+                yield ir.StreamError(err.kind, err.message, err.status)
+                return
+            yield from decoder.feed(chunk)
 
     def decode_error(self, status: int, body: bytes) -> UpstreamError:
         message = body.decode("utf-8", "replace")[:500] or f"upstream answered HTTP {status}"

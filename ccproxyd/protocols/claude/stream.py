@@ -15,6 +15,7 @@ the full usage, input tokens included) and ``message_stop``.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import aclosing
 from typing import Any, AsyncIterator, Literal
 
 import orjson
@@ -148,21 +149,22 @@ class ClaudeStreamDecoder:
 async def decode_stream(chunks: AsyncIterator[bytes]) -> ir.EventStream:
     decoder = ClaudeStreamDecoder()
     try:
-        async for sse in iter_sse(chunks):
-            try:
-                data = orjson.loads(sse.data)
-            except orjson.JSONDecodeError:
-                yield ir.StreamError("bad_gateway", "upstream sent a stream event that is not JSON", 502)
-                return
-            if not isinstance(data, dict):
-                continue
-            if (data.get("type") or sse.event) == "error":
-                yield _stream_error(data)
-                return
-            for event in decoder.feed(sse.event, data):
-                yield event
-            if decoder.finished:
-                return
+        async with aclosing(iter_sse(chunks)) as events:  # left at message_stop: closed now, not by a task once collected
+            async for sse in events:
+                try:
+                    data = orjson.loads(sse.data)
+                except orjson.JSONDecodeError:
+                    yield ir.StreamError("bad_gateway", "upstream sent a stream event that is not JSON", 502)
+                    return
+                if not isinstance(data, dict):
+                    continue
+                if (data.get("type") or sse.event) == "error":
+                    yield _stream_error(data)
+                    return
+                for event in decoder.feed(sse.event, data):
+                    yield event
+                if decoder.finished:
+                    return
     except FrameTooLarge as exc:
         yield ir.StreamError("bad_gateway", str(exc), 502)
         return

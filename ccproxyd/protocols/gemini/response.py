@@ -14,7 +14,7 @@ import orjson
 
 from ... import ir
 from ...errors import UpstreamError, kind_for_status
-from ...streams import iter_sse
+from ...streams import SSEDecoder, close_chunks
 from .. import carry
 from .wire import (
     KIND_BY_STATUS,
@@ -179,7 +179,18 @@ async def _objects(chunks: AsyncIterator[bytes]) -> AsyncIterator[Any]:
             yield item
         return
 
-    async for event in iter_sse(it, head):
+    sse = SSEDecoder()  # split in this loop, not by an iter_sse generator in between: one layer less per chunk
+    for event in sse.feed(head):
+        yield orjson.loads(event.data)
+    sse.check()
+    try:
+        async for chunk in it:
+            for event in sse.feed(chunk):
+                yield orjson.loads(event.data)
+            sse.check()
+    finally:
+        await close_chunks(it)
+    for event in sse.close():
         yield orjson.loads(event.data)
 
 

@@ -14,6 +14,7 @@ event gives usage and finish, a stream that ends without one is an error.
 from __future__ import annotations
 
 import time
+from contextlib import aclosing
 from typing import Any, AsyncIterator
 
 import orjson
@@ -282,18 +283,19 @@ class ResponsesStreamDecoder:
 
 async def decode_stream(chunks: AsyncIterator[bytes]) -> ir.EventStream:
     decoder = ResponsesStreamDecoder()
-    async for event in iter_sse(chunks):
-        if event.data == "[DONE]":
-            break
-        try:
-            data = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            yield ir.StreamError("bad_gateway", "upstream sent a stream event that is not JSON", 502)
-            return
-        if not isinstance(data, dict):
-            continue
-        for e in decoder.feed(data):
-            yield e
-        if decoder.finished:
-            return
+    async with aclosing(iter_sse(chunks)) as events:  # left at the final event: closed now, not by a task once collected
+        async for event in events:
+            if event.data == "[DONE]":
+                break
+            try:
+                data = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                yield ir.StreamError("bad_gateway", "upstream sent a stream event that is not JSON", 502)
+                return
+            if not isinstance(data, dict):
+                continue
+            for e in decoder.feed(data):
+                yield e
+            if decoder.finished:
+                return
     yield ir.StreamError("bad_gateway", "upstream stream ended before the response completed", 502)
