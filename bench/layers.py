@@ -51,10 +51,11 @@ def _split_message(buf: bytearray) -> tuple[bytes, bytes] | None:
     return head, body
 
 
-class _RawUpstream(asyncio.Protocol):
+class _RawConnection(asyncio.Protocol):
+    """One keep-alive connection, either side: bytes gathered until a whole message is in."""
+
     def __init__(self) -> None:
         self.buf = bytearray()
-        self.answer: asyncio.Future[tuple[bytes, bytes]] | None = None
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -63,8 +64,21 @@ class _RawUpstream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         message = _split_message(self.buf)
-        if message and self.answer is not None:
-            self.answer.set_result(message)
+        if message:
+            self.received(*message)
+
+    def received(self, head: bytes, body: bytes) -> None:
+        raise NotImplementedError
+
+
+class _RawUpstream(_RawConnection):
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer: asyncio.Future[tuple[bytes, bytes]] | None = None
+
+    def received(self, head: bytes, body: bytes) -> None:
+        if self.answer is not None:
+            self.answer.set_result((head, body))
             self.answer = None
 
 
@@ -100,20 +114,13 @@ def aiohttp_client(host: str, port: int) -> Forward:
     return forward
 
 
-class _RawServer(asyncio.Protocol):
+class _RawServer(_RawConnection):
     def __init__(self, forward: Forward) -> None:
+        super().__init__()
         self.forward = forward
-        self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        message = _split_message(self.buf)
-        if message:
-            asyncio.get_running_loop().create_task(self.answer(*message))
+    def received(self, head: bytes, body: bytes) -> None:
+        asyncio.get_running_loop().create_task(self.answer(head, body))
 
     async def answer(self, head: bytes, body: bytes) -> None:
         status, answer = await self.forward(head.split(b" ", 2)[1], body)
