@@ -23,6 +23,7 @@ from .config import Provider
 from .errors import BadGateway, UpstreamTimeout
 from .protocols.base import UpstreamCall
 from .protocols.demo import answer as demo_answer
+from .upstream_post import REDIRECTS, PooledPost, PooledResponse, request_head, target
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -40,7 +41,7 @@ class UpstreamResponse:
     status: int
     headers: Mapping[str, str]
     chunks: AsyncIterator[bytes]
-    response: aiohttp.ClientResponse | None  # None: answered in process (the demo provider)
+    response: aiohttp.ClientResponse | PooledResponse | None  # None: answered in process (the demo provider)
     opened_at: float  # monotonic time the headers arrived
     # awaited before each read of the body from the network: a streaming reader writes what it has
     # made of the data so far in one go there, rather than one write per event
@@ -147,6 +148,7 @@ class UpstreamClient:
     def __init__(self, limit_per_host: int = 0) -> None:  # 0: no cap; every open stream holds a connection
         self._limit_per_host = limit_per_host
         self._session: aiohttp.ClientSession | None = None
+        self._pooled: PooledPost | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -166,7 +168,7 @@ class UpstreamClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-            self._session = None
+            self._session = self._pooled = None
 
     async def open(self, call: UpstreamCall, provider: Provider) -> UpstreamResponse:
         """Send the request and wait for the headers; the body is read through ``chunks`` or ``read_all``."""
@@ -178,15 +180,10 @@ class UpstreamClient:
         # one watch for the whole exchange: the headers must come within first_byte too, and all within total
         watch = _ReadWatch(sent + t.first_byte if t.first_byte else None, sent + t.total if t.total else None, t.idle or None)
         timeout = _client_timeout(t.connect)
-        kwargs: dict = {}
-        if provider.proxy:
-            kwargs["proxy"] = provider.proxy
-        if not provider.verify_tls:
-            kwargs["ssl"] = False
         data = orjson.dumps(call.body) if call.method != "GET" else None
         watch.reading()
         try:
-            response = await self.session.request(call.method, call.url, data=data, headers=call.headers, timeout=timeout, **kwargs)
+            response = await self._send(call, data, timeout, provider)
         except asyncio.CancelledError:
             why = watch.fired_for()
             if why is None:
@@ -211,6 +208,24 @@ class UpstreamClient:
         resp = UpstreamResponse(response.status, response.headers, _NO_CHUNKS, response, time.monotonic(), provider=provider, watch=watch)
         resp.chunks = resp.network_chunks = resp.read_chunks()
         return resp
+
+    async def _send(self, call: UpstreamCall, data: bytes | None, timeout: aiohttp.ClientTimeout,
+                    provider: Provider) -> aiohttp.ClientResponse | PooledResponse:
+        """The answer's head: through :class:`PooledPost` when the call has its one shape, else the session."""
+        if data is not None and not provider.proxy and call.method == "POST" and (to := target(call.url)) is not None \
+                and (head := request_head(to.request_line, call.headers, len(data))) is not None:
+            if self._pooled is None:
+                self._pooled = PooledPost(self.session)
+            response = await self._pooled.send(to, head, data, timeout, provider.verify_tls)
+            if response.status not in REDIRECTS:
+                return response
+            response.close()  # the session follows redirects, as it always did
+        kwargs: dict = {}
+        if provider.proxy:
+            kwargs["proxy"] = provider.proxy
+        if not provider.verify_tls:
+            kwargs["ssl"] = False
+        return await self.session.request(call.method, call.url, data=data, headers=call.headers, timeout=timeout, **kwargs)
 
     async def read_error(self, resp: UpstreamResponse) -> bytes:
         try:
