@@ -30,7 +30,8 @@ HEADER_SETS = {
     "a newline": {"x-evil": "a\r\nInjected: 1"},  # refused by aiohttp on both paths
     "a connection header": {"Connection": "close"},  # the session's path
 }
-PATHS = ["/chat/completions", "/x y/\u00e4?alt=sse&key=a b", "/models/gemini:streamGenerateContent?alt=sse"]
+PATHS = ["/chat/completions", "/x y/\u00e4?alt=sse&key=a b", "/models/gemini:streamGenerateContent?alt=sse",
+         "/models/a\r\nX-Injected: 1:generateContent?q=\x00"]  # a model name from the client, control characters and all
 
 RESPONSES = {
     "plain": [head() + BODY],
