@@ -9,7 +9,10 @@ bodies only, no checks: a floor, not something to serve with):
 * ``aiohttp``: aiohttp's ``web.Application`` and ``ClientSession`` (``bench.passthrough``);
 * ``aiohttp server, raw client``: the same server, the minimal client;
 * ``raw server, aiohttp client``: the minimal server, ``ClientSession``;
-* ``raw``: both minimal.
+* ``raw``: both minimal;
+* ``aiohttp server, pooled POST``: aiohttp's server, and the upstream call as ccproxyd
+  makes it, ``ccproxyd.upstream_post.PooledPost`` on a ``ClientSession``'s connector:
+  the floor of ccproxyd's own stack.
 
 Every variant forwards the OpenAI→OpenAI non-stream request to ``bench.upstream``
 and returns its answer; rounds alternate between them, the median is reported.
@@ -29,7 +32,8 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 VARIANTS = {"aiohttp": ("aiohttp", "aiohttp"), "aiohttp server, raw client": ("aiohttp", "raw"),
-            "raw server, aiohttp client": ("raw", "aiohttp"), "raw": ("raw", "raw")}
+            "raw server, aiohttp client": ("raw", "aiohttp"), "raw": ("raw", "raw"),
+            "aiohttp server, pooled POST": ("aiohttp", "pooled")}
 Forward = Callable[[bytes, bytes], Awaitable[tuple[int, bytes]]]
 
 
@@ -114,6 +118,29 @@ def aiohttp_client(host: str, port: int) -> Forward:
     return forward
 
 
+def pooled_client(host: str, port: int) -> Forward:
+    import aiohttp
+
+    from ccproxyd.upstream_post import PooledPost, request_head, target
+
+    pooled: list[PooledPost] = []
+    timeout = aiohttp.ClientTimeout(total=None)
+
+    async def forward(path: bytes, body: bytes) -> tuple[int, bytes]:
+        if not pooled:
+            pooled.append(PooledPost(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))))
+        to = target(f"http://{host}:{port}{path.decode()}")
+        assert to is not None
+        head = request_head(to.request_line, {"content-type": "application/json"}, len(body))
+        assert head is not None
+        up = await pooled[0].send(to, head, body, timeout, True)
+        answer = await up.content.read()
+        up.release()
+        return up.status, answer
+
+    return forward
+
+
 class _RawServer(_RawConnection):
     def __init__(self, forward: Forward) -> None:
         super().__init__()
@@ -131,7 +158,7 @@ class _RawServer(_RawConnection):
 
 async def serve(server: str, client: str, port: int, upstream: str) -> None:
     host, up_port = upstream.rsplit(":", 1)
-    forward = (raw_client if client == "raw" else aiohttp_client)(host, int(up_port))
+    forward = {"raw": raw_client, "aiohttp": aiohttp_client, "pooled": pooled_client}[client](host, int(up_port))
     if server == "raw":
         listener = await asyncio.get_running_loop().create_server(lambda: _RawServer(forward), "127.0.0.1", port)
         await listener.serve_forever()
@@ -172,6 +199,8 @@ def measure(rounds: int, requests: int) -> dict[str, float]:
                 run_load(work, target, 50, 8)
                 before = cpu_ns(servers[name].proc.pid)
                 out = run_load(work, target, requests, 8)
+                if out["errors"] or out["bad_status"]:
+                    raise RuntimeError(f"{name}: {out['errors']} errors, {out['bad_status']} bad statuses: {out['error_examples']}")
                 samples[name].append((cpu_ns(servers[name].proc.pid) - before) / 1000 / out["count"])
     finally:
         for server in servers.values():

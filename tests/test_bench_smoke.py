@@ -219,3 +219,12 @@ def test_the_layers_floor_splits_messages_only_when_whole() -> None:
     buf += b"cdePOST"
     assert _split_message(buf) == (b"POST /v1/x HTTP/1.1\r\nContent-Length: 5", b"abcde")
     assert buf == bytearray(b"POST")
+
+
+def test_every_layers_variant_forwards_and_gets_a_row() -> None:
+    proc = subprocess.run([sys.executable, "-m", "bench.layers", "--rounds", "1", "--requests", "40"], cwd=REPO,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["pass-through", "aiohttp", "aiohttp server, raw client", "raw server, aiohttp client", "raw",
+                    "aiohttp server, pooled POST"]
