@@ -23,7 +23,7 @@ from .config import Provider
 from .errors import BadGateway, UpstreamTimeout
 from .protocols.base import UpstreamCall
 from .protocols.demo import answer as demo_answer
-from .upstream_post import REDIRECTS, PooledPost, PooledResponse, request_head, target
+from .upstream_post import REDIRECTS, PooledPost, PooledResponse, request_head, supported, target
 
 _MAX_ERROR_BODY = 64 * 1024
 
@@ -165,6 +165,13 @@ class UpstreamClient:
             )
         return self._session
 
+    @property
+    def pooled(self) -> PooledPost | None:
+        """The pooled POST on the session's connector; None where this aiohttp lacks what it needs."""
+        if self._pooled is None and supported():
+            self._pooled = PooledPost(self.session)
+        return self._pooled
+
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
@@ -212,11 +219,9 @@ class UpstreamClient:
     async def _send(self, call: UpstreamCall, data: bytes | None, timeout: aiohttp.ClientTimeout,
                     provider: Provider) -> aiohttp.ClientResponse | PooledResponse:
         """The answer's head: through :class:`PooledPost` when the call has its one shape, else the session."""
-        if data is not None and not provider.proxy and call.method == "POST" and (to := target(call.url)) is not None \
-                and (head := request_head(to.request_line, call.headers, len(data))) is not None:
-            if self._pooled is None:
-                self._pooled = PooledPost(self.session)
-            response = await self._pooled.send(to, head, data, timeout, provider.verify_tls)
+        if data is not None and not provider.proxy and call.method == "POST" and self.pooled is not None \
+                and (to := target(call.url)) is not None and (head := request_head(to.request_line, call.headers, len(data))) is not None:
+            response = await self.pooled.send(to, head, data, timeout, provider.verify_tls)
             if response.status not in REDIRECTS:
                 return response
             response.close()  # the session follows redirects, as it always did

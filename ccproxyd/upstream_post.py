@@ -14,16 +14,23 @@ Anything outside that shape (a proxy, a GET, a header the session treats
 specially, a control character in a header, a redirect) goes through the
 session as before; ``tests/test_upstream_post.py`` sends the same calls both
 ways and compares what the upstream receives and what comes back.
+
+The pieces used (``BaseConnector.connect``, ``ResponseHandler.set_response_params``
+and ``read``, ``Connection``) are aiohttp's own but not all of them are its
+documented API: :func:`supported` checks them once, and an aiohttp without
+them gets every call through the session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import re
 from typing import Any, Mapping
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientRequest, RequestInfo
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -33,6 +40,20 @@ from yarl import URL
 _SESSION_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "content-encoding", "connection", "cookie"})
 _FORBIDDEN_HEADER_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # aiohttp's own rule: such a header raises there
 REDIRECTS = frozenset({301, 302, 303, 307, 308})  # the session follows these; the pooled path hands them back to it
+
+
+@functools.cache
+def supported() -> bool:
+    """Whether this aiohttp has what :class:`PooledPost` uses, as 3.11 to 3.14 have it."""
+    try:
+        connect = inspect.signature(aiohttp.BaseConnector.connect).parameters
+        response_params = inspect.signature(ResponseHandler.set_response_params).parameters
+        return (list(connect)[1:4] == ["req", "traces", "timeout"] and "read_until_eof" in response_params
+                and callable(getattr(ResponseHandler, "read", None)) and hasattr(URL, "host_port_subcomponent")
+                and hasattr(aiohttp, "ConnectionTimeoutError") and hasattr(aiohttp, "ClientConnectionResetError")
+                and "Accept-Encoding" in ClientRequest.DEFAULT_HEADERS)
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 class Target:

@@ -148,3 +148,21 @@ def test_request_head_refuses_what_the_session_must_handle():
     assert target("ftp://h/x") is None and target("http://u:p@h/x") is None and target("not a url") is None
     assert target("https://api.openai.com/v1/chat/completions").request_line == (  # type: ignore[union-attr]
         "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\n")
+
+
+async def test_an_aiohttp_without_the_pieces_gets_every_call_through_the_session(upstream, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(upstream_module, "supported", lambda: False)
+    client = UpstreamClient()
+    try:
+        resp = await client.open(UpstreamCall(upstream.url + "/chat/completions", {"authorization": "Bearer k"}, {}, False),
+                                 provider(upstream.url))
+        assert not isinstance(resp.response, PooledResponse) and await resp.read_all(1 << 20) == BODY
+        resp.close()
+    finally:
+        await client.close()
+
+
+def test_this_aiohttp_has_the_pieces():
+    from ccproxyd.upstream_post import supported
+
+    assert supported()  # setup.cfg's range of aiohttp: if a release drops one, this says so before users see the slow path
