@@ -451,9 +451,9 @@ class DirectRequest(web.Request):
     """A request aiohttp's server hands to :func:`serve` without its router (see :func:`direct_handling`).
 
     The router is what would fire the app's ``on_response_prepare`` signal (it adds the app to the
-    request's match info, which aiohttp's hook walks): this request fires that signal itself."""
+    request's match info, which aiohttp's hook walks): this request fires that signal itself.
+    ``direct_handling`` makes a subclass per app that names the signal."""
 
-    ATTRS = web.Request.ATTRS | frozenset({"_on_response_prepare"})
     _on_response_prepare: Any  # the app's on_response_prepare signal
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
@@ -473,13 +473,11 @@ def direct_handling(app: web.Application) -> tuple[Callable[[DirectRequest], Awa
     """
     state = app[STATE]
     routed = app._handle
-    make_request = functools.partial(app._make_request, _cls=DirectRequest)
-    on_response_prepare = app.on_response_prepare
 
-    def request_factory(*args: Any) -> DirectRequest:
-        request = make_request(*args)
-        request._on_response_prepare = on_response_prepare
-        return request
+    class AppRequest(DirectRequest):
+        _on_response_prepare = app.on_response_prepare
+
+    request_factory = functools.partial(app._make_request, _cls=AppRequest)
 
     async def handler(request: DirectRequest) -> web.StreamResponse:
         if "Expect" in request.headers or request.path[:1] != "/":
