@@ -452,7 +452,8 @@ class DirectRequest(web.Request):
 
     The router is what would fire the app's ``on_response_prepare`` signal (it adds the app to the
     request's match info, which aiohttp's hook walks): this request fires that signal itself.
-    ``direct_handling`` makes a subclass per app that names the signal."""
+    ``direct_handling`` makes a subclass per app that names the signal. (aiohttp's own answer to a
+    request its parser refused fires it too, without effect: that request has no headers and no record.)"""
 
     _on_response_prepare: Any  # the app's on_response_prepare signal
 

@@ -61,6 +61,8 @@ CASES: dict[str, bytes] = {
     "expect, unknown": request("POST", "/v1/chat/completions", CHAT, Expect="something", Connection="close"),
     "expect, empty": request("POST", "/v1/chat/completions", CHAT, Expect="", Connection="close"),
     "malformed head": b"GET /v1/models HTTP/1.1\r\nHost 127.0.0.1\r\n\r\n",
+    "malformed head, cors": b"GET /v1/models HTTP/1.1\r\nOrigin: http://localhost:3000\r\nHost 127.0.0.1\r\n\r\n",
+    "head too large, cors": b"GET /v1/models HTTP/1.1\r\nOrigin: http://localhost:3000\r\nX-Big: " + b"x" * 9000 + b"\r\n\r\n",
     "root": request("GET", "/", key=False, Connection="close"),
 }
 
