@@ -42,6 +42,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from .config import Server as ServerConfig
 from .errors import RequestTimeout
+from .server import direct_handling
 
 log = logging.getLogger("ccproxyd.connections")
 
@@ -200,8 +201,9 @@ class GuardedServer(web.Server):
 
 
 class GuardedRunner(web.AppRunner):
-    """``AppRunner`` whose server is a :class:`GuardedServer` (aiohttp offers no hook for the handler class,
-    so the server it built is rebuilt with the same arguments)."""
+    """``AppRunner`` whose server is a :class:`GuardedServer` handing requests straight to the app's pipeline
+    (:func:`~ccproxyd.server.direct_handling`). aiohttp offers no hook for either, so the server it built is
+    rebuilt with the same arguments."""
 
     def __init__(self, app: web.Application, guard: Guard, **kwargs: Any) -> None:
         super().__init__(app, keepalive_timeout=guard.keepalive_timeout, **kwargs)
@@ -209,5 +211,6 @@ class GuardedRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()
-        return GuardedServer(plain.request_handler, request_factory=plain.request_factory, handler_cancellation=plain.handler_cancellation,
+        handler, request_factory = direct_handling(self._app)
+        return GuardedServer(handler, request_factory=request_factory, handler_cancellation=plain.handler_cancellation,
                              loop=plain._loop, guard=self.guard, **plain._kwargs)

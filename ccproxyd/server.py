@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 from urllib.parse import quote
 
 import orjson
@@ -442,6 +442,50 @@ async def _on_prepare(state: AppState, request: web.Request, response: web.Strea
 
 
 _EXPOSED_HEADERS = "x-request-id, x-ccproxy-target, x-ccproxy-route, x-ccproxy-overhead-ms, mcp-session-id, x-ccproxy-usage, retry-after"
+
+
+# ---------------------------------------------------------------- from aiohttp's server straight to serve()
+
+
+class DirectRequest(web.Request):
+    """A request aiohttp's server hands to :func:`serve` without its router (see :func:`direct_handling`).
+
+    The router is what would fire the app's ``on_response_prepare`` signal (it adds the app to the
+    request's match info, which aiohttp's hook walks): this request fires that signal itself.
+    ``direct_handling`` makes a subclass per app that names the signal. (aiohttp's own answer to a
+    request its parser refused fires it too, without effect: that request has no headers and no record.)"""
+
+    _on_response_prepare: Any  # the app's on_response_prepare signal
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        await self._on_response_prepare.send(self, response)
+
+
+def direct_handling(app: web.Application) -> tuple[Callable[[DirectRequest], Awaitable[web.StreamResponse]], Callable[..., DirectRequest]]:
+    """The request handler and the request factory for the app's low-level ``web.Server``.
+
+    The app has one route, which takes every path to :func:`serve`; aiohttp's router still costs
+    every request a URL walk, a match-info object and a frozen list of apps (about 4 µs). This
+    handler calls ``serve`` itself. A request the route would not take as it is goes through the
+    router, to be answered as it always was:
+
+    - one with an ``Expect`` header: the route's expect handler sends ``100 Continue`` first, or a 417;
+    - one whose path does not start with ``/`` (``OPTIONS *``): the route does not match it, aiohttp answers 404.
+    """
+    state = app[STATE]
+    routed = app._handle
+
+    class AppRequest(DirectRequest):
+        _on_response_prepare = app.on_response_prepare
+
+    request_factory = functools.partial(app._make_request, _cls=AppRequest)
+
+    async def handler(request: DirectRequest) -> web.StreamResponse:
+        if "Expect" in request.headers or request.path[:1] != "/":
+            return await routed(request)
+        return await serve(state, request)
+
+    return handler, request_factory
 
 
 # ---------------------------------------------------------------- the app

@@ -10,13 +10,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
 import tomli_w
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from ccproxyd.config import parse_config
+from ccproxyd.connections import Guard, GuardedRunner
 from ccproxyd.server import STATE, AppState, create_app
 
 PROTOCOLS = ("openai", "claude", "gemini", "ollama")
@@ -91,14 +93,27 @@ def proxy_config(upstreams: dict[str, Upstream] | list[Upstream], **overrides: A
     return config
 
 
+class DaemonTestServer(TestServer):
+    """A test server on the daemon's own runner (connection guards, requests straight to ``serve()``)."""
+
+    async def _make_runner(self, **kwargs: Any) -> GuardedRunner:
+        return GuardedRunner(self.app, Guard(self.app[STATE].config.server), **kwargs)
+
+
 @pytest.fixture
-def start_proxy(aiohttp_server: Any) -> Callable[[dict], Awaitable[Proxy]]:
+async def start_proxy() -> AsyncIterator[Callable[[dict], Awaitable[Proxy]]]:
+    servers: list[DaemonTestServer] = []
+
     async def start(config: dict[str, Any]) -> Proxy:
         app = create_app(parse_config(config, "<test config>", env={}))
-        server = await aiohttp_server(app)
+        server = DaemonTestServer(app)
+        await server.start_server()
+        servers.append(server)
         return Proxy(str(server.make_url("")).rstrip("/"), app)
 
-    return start
+    yield start
+    while servers:
+        await servers.pop().close()
 
 
 # ---------------------------------------------------------------- the real process
