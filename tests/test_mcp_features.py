@@ -387,6 +387,17 @@ def test_uri_clash_rule_is_reversible() -> None:
     assert uri_prefix("9lives") == "s9lives" and uri_prefix("a", {"a"}) != "a"
 
 
+def test_an_unlisted_uri_goes_to_the_one_resource_server_only_once_every_server_is_listed() -> None:
+    docs_readme = {"uri": "note://docs/readme"}
+    wiki = ServerTools(_server("wiki"), [], True, resources=[{"uri": "note://wiki/readme"}])
+    docs_connecting = ServerTools(_server("docs"), [], False)  # its lists are not known yet
+    assert build_catalog([wiki, docs_connecting]).uris.resolve("note://docs/readme") is None  # not wiki's: ask again
+    tools_only = ServerTools(_server("docs"), [{"name": "t", "inputSchema": {"type": "object"}}], True)
+    assert build_catalog([wiki, tools_only]).uris.resolve("note://other") == ("wiki", "note://other", "")
+    docs_up = ServerTools(_server("docs"), [], True, resources=[docs_readme])
+    assert build_catalog([wiki, docs_up]).uris.resolve("note://docs/readme") == ("docs", "note://docs/readme", "")
+
+
 def test_the_new_paths_reach_the_mcp_proxy() -> None:
     from ccproxyd.paths import parse_path
 

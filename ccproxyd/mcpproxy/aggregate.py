@@ -98,7 +98,7 @@ class UriMap:
     exact: dict[str, ToolRoute]  # shown URI of a listed resource → owner and upstream URI
     prefixes: dict[str, str]  # URI prefix → server
     templates: list[tuple[str, str]]  # (literal start of an unprefixed template, server), longest first
-    resource_servers: tuple[str, ...]  # servers that offer resources at all
+    resource_servers: tuple[str, ...]  # servers that offer resources at all; () while a server's lists are unknown
 
     def resolve(self, uri: str) -> tuple[str, str, str] | None:
         """(server, upstream URI, prefix added to it or "") for a URI a client sent."""
@@ -214,7 +214,9 @@ def _uris(servers: Sequence[ServerTools]) -> tuple[list[dict[str, Any]], list[di
             if entry.up:
                 templates.append(template if shown == pattern else {**template, "uriTemplate": shown})
     starts.sort(key=lambda s: -len(s[0]))
-    offering = tuple(e.config.name for e, rs, ts in per_server if rs or ts)
+    # a URI no listing names goes to the one server offering resources, but only while every server's lists
+    # are known: a server still connecting (or down) may be the one that offers it
+    offering = tuple(e.config.name for e, rs, ts in per_server if rs or ts) if all(e.up for e in servers) else ()
     return resources, templates, UriMap(exact, prefixes, starts, offering)
 
 
