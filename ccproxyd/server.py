@@ -209,7 +209,9 @@ async def serve(state: AppState, request: web.Request) -> web.StreamResponse:
     finally:
         state.requests.pop(task, None)  # type: ignore[arg-type]
         if record.action and record.action not in _NOT_OBSERVED:
-            state.observer.finished(record)
+            # once the answer is out: aiohttp writes it when serve returns, before the loop runs this callback,
+            # so the access line, metrics and the stats row (~20 µs) no longer delay it
+            asyncio.get_running_loop().call_soon(state.observer.finished, record)
 
 
 def _presented_key(request: web.Request) -> str | None:

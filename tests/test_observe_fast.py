@@ -264,3 +264,32 @@ def test_metrics_text_is_the_same_as_before(records: list[RequestRecord]) -> Non
         reference.observe(r)
     assert format_text(ours.samples) == format_text(reference.samples)
     assert ours.open_streams == reference.open_streams
+
+
+# ---------------------------------------------------------------- observed once the answer is out
+
+
+async def test_a_request_is_observed_after_its_answer_is_written(start_proxy, monkeypatch):
+    """The access line, metrics and stats row come after the answer's last write, not before it."""
+    import aiohttp
+    from aiohttp import web
+
+    events: list[str] = []
+    write_eof = web.StreamResponse.write_eof
+
+    async def noting_write_eof(self, data=b""):  # type: ignore[no-untyped-def]
+        await write_eof(self, data)
+        events.append("written")
+
+    monkeypatch.setattr(web.StreamResponse, "write_eof", noting_write_eof)
+    proxy = await start_proxy({"server": {"listen": "127.0.0.1:0", "stats": False},
+                               "providers": {"demo": {"protocol": "demo"}}, "groups": {"default": {"models": {"demo": ["demo/demo-1"]}}}})
+    proxy.state.observer.sinks.append(lambda record: events.append(f"observed {record.action}"))
+    async with aiohttp.ClientSession() as session:
+        for stream in (False, True):
+            async with session.post(proxy.url + "/v1/chat/completions",
+                                    json={"model": "demo", "stream": stream, "messages": [{"role": "user", "content": "hi"}]}) as resp:
+                assert resp.status == 200
+                await resp.read()
+    collapsed = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]  # a stream's write_eof may come twice
+    assert collapsed == ["written", "observed chat"] * 2
