@@ -57,7 +57,7 @@ def supported() -> bool:
 
 
 class Target:
-    """What one upstream URL contributes to every POST to it: the pool's key holder, the request line, Host."""
+    """What one upstream URL contributes to every POST to it: its origin (which pool), the request line, Host."""
 
     __slots__ = ("url", "origin", "request_line")
 
@@ -143,7 +143,7 @@ class PooledPost:
         assert self._connector is not None
         holder = self._holders.get((to.origin, verify_tls))
         if holder is None:  # the connector reads the host, port, TLS settings and pool key from a ClientRequest
-            holder = ClientRequest("POST", to.origin, loop=asyncio.get_running_loop(), ssl=True if verify_tls else False)
+            holder = ClientRequest("POST", to.origin, loop=asyncio.get_running_loop(), ssl=verify_tls)
             self._holders[(to.origin, verify_tls)] = holder
         try:
             connection = await self._connector.connect(holder, [], timeout)
