@@ -39,6 +39,7 @@ from yarl import URL
 # headers the session adds, checks or rewrites itself: a call carrying one goes through the session
 _SESSION_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "content-encoding", "connection", "cookie"})
 _FORBIDDEN_HEADER_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # aiohttp's own rule: such a header raises there
+_ACCEPT_ENCODING = ClientRequest.DEFAULT_HEADERS.get("Accept-Encoding", "")  # what the session asks for (supported() checks it)
 REDIRECTS = frozenset({301, 302, 303, 307, 308})  # the session follows these; the pooled path hands them back to it
 
 
@@ -101,17 +102,12 @@ def request_head(line: str, headers: Mapping[str, str], body_length: int) -> byt
     if not accept:
         parts.append("Accept: */*\r\n")
     if not accept_encoding:
-        parts.append(f"Accept-Encoding: {_accept_encoding()}\r\n")
+        parts.append(f"Accept-Encoding: {_ACCEPT_ENCODING}\r\n")
     parts.append(f"Content-Length: {body_length}\r\n")
     if not content_type:
         parts.append("Content-Type: application/octet-stream\r\n")
     parts.append("\r\n")
     return "".join(parts).encode("utf-8")
-
-
-@functools.cache
-def _accept_encoding() -> str:
-    return ClientRequest.DEFAULT_HEADERS["Accept-Encoding"]
 
 
 class PooledResponse:
