@@ -23,6 +23,7 @@ import aiohttp
 import tomli_w
 
 from bench import procs
+from bench.cpu import cpu_ns
 from bench.run import REPO
 from bench.scenarios import ccproxyd_config
 
@@ -56,10 +57,10 @@ def one_round(commands: list[list[str]], upstream: str, work: Path, requests: in
             servers.append(procs.start(f"paired-{i}", [*command, "--config", str(path)], port, work, timeout=60))
         urls = [s.url for s in servers]
         asyncio.run(interleaved(urls, 300, connections))  # warm up: imports, pools, caches
-        before = [procs.cpu_seconds(s.proc.pid) or 0.0 for s in servers]
+        before = [cpu_ns(s.proc.pid) for s in servers]  # nanoseconds: a short round is below /proc/*/stat's 10 ms ticks
         asyncio.run(interleaved(urls, requests, connections))
-        after = [procs.cpu_seconds(s.proc.pid) or 0.0 for s in servers]
-        return [1000 * (b - a) / requests for a, b in zip(before, after)]
+        after = [cpu_ns(s.proc.pid) for s in servers]
+        return [(b - a) / 1e6 / requests for a, b in zip(before, after)]
     finally:
         for server in servers:
             procs.stop(server)
