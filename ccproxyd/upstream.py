@@ -149,10 +149,12 @@ class UpstreamClient:
         self._limit_per_host = limit_per_host
         self._session: aiohttp.ClientSession | None = None
         self._pooled: PooledPost | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the session's, known so a call need not ask for it
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
+            self._loop = asyncio.get_running_loop()
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._limit_per_host, keepalive_timeout=60, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -185,7 +187,8 @@ class UpstreamClient:
         t = provider.timeouts
         sent = time.monotonic()
         # one watch for the whole exchange: the headers must come within first_byte too, and all within total
-        watch = _ReadWatch(sent + t.first_byte if t.first_byte else None, sent + t.total if t.total else None, t.idle or None)
+        watch = _ReadWatch(sent + t.first_byte if t.first_byte else None, sent + t.total if t.total else None, t.idle or None,
+                           self._loop)
         timeout = _client_timeout(t.connect)
         data = orjson.dumps(call.body) if call.method != "GET" else None
         watch.reading()
@@ -271,7 +274,8 @@ class _ReadWatch:
 
     __slots__ = ("first_by", "deadline", "idle", "since", "first", "fired", "_task", "_cancelling", "_timer", "_loop")
 
-    def __init__(self, first_by: float | None, deadline: float | None, idle: float | None) -> None:
+    def __init__(self, first_by: float | None, deadline: float | None, idle: float | None,
+                 loop: asyncio.AbstractEventLoop | None) -> None:
         self.first_by, self.deadline, self.idle = first_by, deadline, idle
         self.since: float | None = None  # monotonic time the read under way began; None between reads
         self.first = True
@@ -279,14 +283,14 @@ class _ReadWatch:
         self._task: asyncio.Task | None = None
         self._cancelling = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # given, not asked for: on Python 3.11 each get_running_loop() is a getpid() system call
+        self._loop = loop or asyncio.get_running_loop()
 
     def reading(self) -> None:
         now = time.monotonic()
         self.since = now
         if self._task is None:  # the first read: the task that reads
-            self._loop = asyncio.get_running_loop()
-            self._task = asyncio.current_task()
+            self._task = asyncio.current_task(self._loop)
             self._cancelling = self._task.cancelling() if self._task is not None else 0
         if self.deadline is not None and now >= self.deadline:
             self._set(now, now)
@@ -337,7 +341,6 @@ class _ReadWatch:
 
     def _set(self, when: float, now: float) -> None:
         self.stop()
-        assert self._loop is not None
         self._timer = self._loop.call_later(max(0.0, when - now), self._check)
 
     def _check(self) -> None:

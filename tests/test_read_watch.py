@@ -54,7 +54,7 @@ def body(first_byte: float = 0, idle: float = 0, total: float = 0) -> tuple[Fake
     provider = Provider("p", "openai", "http://127.0.0.1:9/v1", timeouts=Timeouts(connect=1, first_byte=first_byte, idle=idle, total=total))
     raw = FakeResponse()
     now = time.monotonic()
-    watch = _ReadWatch(now + first_byte if first_byte else None, now + total if total else None, idle or None)
+    watch = _ReadWatch(now + first_byte if first_byte else None, now + total if total else None, idle or None, None)
     resp = UpstreamResponse(200, {}, None, raw, now, provider=provider, watch=watch)  # type: ignore[arg-type]
     resp.chunks = resp.read_chunks()
     return raw, resp
