@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import logging
@@ -293,3 +294,33 @@ async def test_a_request_is_observed_after_its_answer_is_written(start_proxy, mo
                 await resp.read()
     collapsed = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]  # a stream's write_eof may come twice
     assert collapsed == ["written", "observed chat"] * 2
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_access_lines_of_one_loop_turn_go_out_in_one_write_and_in_order() -> None:
+    observer = Observer("text")
+    warn = logging.getLogger("ccproxyd.test")
+    with only_handler("text") as (_, handler):
+        handler.stream = stream = CountingStream()
+        for i in range(3):
+            observer.finished(RequestRecord(f"r{i}", protocol="openai", action="chat", status=200))
+        assert stream.writes == 0  # waiting for the end of this turn of the loop
+        await asyncio.sleep(0)
+        assert stream.writes == 1
+        assert [line.split(" ")[4] for line in stream.getvalue().splitlines()] == ["r0", "r1", "r2"]
+        observer.finished(RequestRecord("r3", protocol="openai", action="chat", status=200))
+        warn.warning("a line through logging")  # written after the access line that came before it
+        observer.finished(RequestRecord("r4", protocol="openai", action="chat", status=200))
+        handler.flush()  # as logging.shutdown does at exit
+        lines = stream.getvalue().splitlines()
+    assert ["r3" in lines[3], "a line through logging" in lines[4], "r4" in lines[5]] == [True, True, True]
+    assert len(lines) == 6
