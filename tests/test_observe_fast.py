@@ -7,7 +7,8 @@
   the same instant, text and JSON, and must write the same bytes; any other
   handler, filter or level on the way sends the record through ``logging``.
 * Usage-stats rows bound with the NULL adapter ``stats`` registers are the rows
-  sqlite3 stores without it, value and type.
+  sqlite3 stores without it, value and type; rows written many to a statement
+  are the rows ``executemany`` stores, value and type.
 * ``Metrics.observe`` (buckets found by bisection, failures looked at only when
   there can be one) renders the /metrics text the loop it replaced rendered.
 """
@@ -159,12 +160,14 @@ def test_a_failing_stream_is_reported_the_way_logging_reports_it(capsys: pytest.
 # ---------------------------------------------------------------- usage-stats rows
 
 
-def stored_rows(records: list[RequestRecord], null_adapter: bool) -> list[tuple]:
-    """Every column of every row the SQLite writer stores for ``records``, with its SQLite type."""
+def stored_rows(records: list[RequestRecord], null_adapter: bool, many_per_statement: bool = True) -> list[tuple]:
+    """Every column of every row the SQLite writer stores for ``records``, with its SQLite type.
+    Without ``many_per_statement``, the writer inserts as it did before, with ``executemany``."""
     if not null_adapter:
         adapter = sqlite3.adapters.pop(stats.NULL_ADAPTER)
     try:
-        with tempfile.TemporaryDirectory() as scratch:
+        one_by_one = mock.patch.object(stats, "insert_rows", lambda db, rows: db.executemany(stats._INSERT, rows))
+        with one_by_one if not many_per_statement else contextlib.nullcontext(), tempfile.TemporaryDirectory() as scratch:
             writer = stats.StatsWriter(Path(scratch, "stats.sqlite3"), retention_days=100_000)
             writer.start()
             for record in records:
@@ -189,6 +192,46 @@ def test_stats_rows_are_the_same_with_the_null_adapter(records: list[RequestReco
     with_adapter = stored_rows(records, null_adapter=True)
     assert len(with_adapter) == len(records)
     assert with_adapter == stored_rows(records, null_adapter=False)
+
+
+_stored_text = st.one_of(_text, st.text(max_size=6).map(lambda t: f"a\x00{t}"), st.sampled_from(["\x01\x7f", "𝄞", "\\u0000"]))
+_stored_seconds = st.one_of(_seconds, st.floats(min_value=0, max_value=1e-6), st.sampled_from([0.0, 1.0, 5e-324, 1.7976931348623157e308]))
+
+
+@st.composite
+def stored_records(draw: st.DrawFn) -> RequestRecord:
+    """Records with what a row can hold at its edges: NUL characters, tiny and huge floats, 64-bit token counts."""
+    r = draw(records())
+    r.alias, r.key_name, r.target = (draw(_stored_text) for _ in range(3))
+    r.upstream_seconds, r.wall_time = draw(_stored_seconds), draw(st.floats(min_value=0, max_value=4e9))
+    r.duration = draw(_stored_seconds)  # (Observer.finished would set it)
+    r.input_tokens = draw(st.one_of(_count, st.sampled_from([2**63 - 1, 0])))
+    return r
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(stored_records(), min_size=1, max_size=20))
+def test_stats_rows_written_many_to_a_statement_are_executemanys(records: list[RequestRecord]) -> None:
+    together = stored_rows(records, null_adapter=True)
+    assert len(together) == len(records)
+    assert together == stored_rows(records, null_adapter=False, many_per_statement=False)
+
+
+def test_a_batch_longer_than_one_statement_keeps_every_row_in_order() -> None:
+    records = [RequestRecord(f"r{i}", action="chat", status=200, input_tokens=i, duration=i / 7) for i in range(stats._STATEMENT_ROWS[0] * 2 + 13)]
+    together = stored_rows(records, null_adapter=True)
+    assert [row[2 + 2 * stats._COLUMNS.index("request_id")] for row in together] == [r.request_id for r in records]
+    assert together == stored_rows(records, null_adapter=False, many_per_statement=False)
+
+
+def test_a_lone_surrogate_is_stored_as_a_replacement_character_and_the_writer_goes_on() -> None:
+    """An undecodable byte in a header (aiohttp keeps it as a surrogate) cannot be bound by sqlite3; it
+    once ended the writer's thread."""
+    odd = RequestRecord("r1", action="chat", alias="model-\udcff", status=200)
+    plain = RequestRecord("r2", action="chat", alias="model", status=200)
+    rows = stored_rows([odd, plain], null_adapter=True)
+    column = 2 + 2 * stats._COLUMNS.index("alias")  # (id, its type, then each column and its type)
+    assert [row[column] for row in rows] == ["model-\ufffd", "model"]
 
 
 # ---------------------------------------------------------------- metrics
