@@ -206,6 +206,43 @@ def test_a_body_with_few_brackets_is_never_too_deep(body: dict, limit: int) -> N
         assert not _nests_deeper(body, limit)
 
 
+def _nests_deeper_before(value: dict | list, limit: int) -> bool:
+    """``_nests_deeper`` as it was before issue 18's fourth pass (isinstance checks)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in node.values() if isinstance(node, dict) else node:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+_NESTED = st.recursive(st.none() | st.integers(min_value=-2**63, max_value=2**63 - 1) | st.text(max_size=2) | st.just([]) | st.just({}),
+                       lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3),
+                       max_leaves=60)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.lists(_NESTED, max_size=3), st.dictionaries(st.text(max_size=2), _NESTED, max_size=3)),
+       st.integers(min_value=1, max_value=12))
+def test_the_depth_walk_answers_as_it_did(body: dict | list, limit: int) -> None:
+    """The faster walk (exact type checks, as orjson makes them) on generated bodies, empty containers at the limit included."""
+    import orjson
+
+    from ccproxyd.dispatch import _nests_deeper
+
+    parsed = orjson.loads(orjson.dumps(body))  # the walk sees what read_json_body's orjson.loads made
+    assert _nests_deeper(parsed, limit) == _nests_deeper_before(parsed, limit)
+
+
+def test_an_empty_array_one_level_too_deep_is_too_deep() -> None:
+    from ccproxyd.dispatch import _nests_deeper
+
+    assert _nests_deeper({"a": [[]]}, 2) and not _nests_deeper({"a": [[]]}, 3) and not _nests_deeper({"a": [1]}, 2)
+
+
 # ---------------------------------------------------------------- the log line's time, formatted once per second
 
 @settings(max_examples=300, deadline=None)
