@@ -84,6 +84,8 @@ def cases(chunks: int, features: bool) -> list[Case]:
              headers=(("authorization", f"Bearer {ACCESS_KEY}"),), base="openai-openai"),
         Case("key-limits", "OpenAI→OpenAI, a key with rpm/tpm/parallel/day limits", oo, config="keys",
              headers=(("authorization", f"Bearer {LIMITED_KEY}"),), base="access-keys"),
+        Case("agent-request", "OpenAI→OpenAI, a coding agent's request (181 messages, 15 tools, 75 KB)",
+             replace(oo, agent_turns=60), base="openai-openai"),
     ]
 
 

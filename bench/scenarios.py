@@ -27,9 +27,25 @@ NON_STREAM_MARK = b"Hello from the bench upstream."
 LITELLM_KEY = "sk-bench-litellm-master-7f3a9c2e41d8b6a05e9f"
 
 
-def openai_request(model: str, stream: bool, tools: bool = False) -> dict[str, Any]:
+def agent_history(turns: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A coding agent's request: a long system prompt, then ``turns`` rounds of a user message, a tool call
+    and its result (60 turns: 181 messages and 15 tools, about 75 KB), and the tools it offers."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a coding agent. " * 20}]
+    for i in range(turns):
+        messages.append({"role": "user", "content": f"please fix bug {i} in file src/module_{i}.py " * 5})
+        messages.append({"role": "assistant", "content": None, "tool_calls": [
+            {"id": f"call_{i}", "type": "function", "function": {"name": "bash", "arguments": f'{{"command": "cat src/module_{i}.py"}}'}}]})
+        messages.append({"role": "tool", "tool_call_id": f"call_{i}", "content": "def f():\n    return 1\n" * 30})
+    tools = [{"type": "function", "function": {"name": f"tool_{j}", "description": "does a thing " * 10,
+                                               "parameters": {"type": "object", "properties": {"a": {"type": "string"}}}}} for j in range(15)]
+    return messages, tools
+
+
+def openai_request(model: str, stream: bool, tools: bool = False, agent_turns: int = 0) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}],
                             "max_tokens": 256}
+    if agent_turns:
+        body["messages"], body["tools"] = agent_history(agent_turns)
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -62,12 +78,13 @@ class Scenario:
     compat: bool = False
     litellm: bool = False  # LiteLLM speaks this client protocol to an OpenAI-compatible upstream
     passthrough: bool = False  # also measure the bare pass-through (same protocol only)
+    agent_turns: int = 0  # a coding agent's long request (agent_history) instead of the short one (OpenAI clients)
 
     def body(self, model: str | None = None) -> dict[str, Any]:
         model = model or self.model
         if self.client == "claude":
             return claude_request(model, self.stream)
-        return openai_request(model, self.stream, tools=self.compat)
+        return openai_request(model, self.stream, tools=self.compat, agent_turns=self.agent_turns)
 
     def paced(self) -> "Scenario":
         """The same request to the model that waits between frames (for the stream total-time check)."""
