@@ -177,7 +177,7 @@ class UpstreamClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
-            self._session = self._pooled = None
+            self._session = self._pooled = self._loop = None
 
     async def open(self, call: UpstreamCall, provider: Provider) -> UpstreamResponse:
         """Send the request and wait for the headers; the body is read through ``chunks`` or ``read_all``."""

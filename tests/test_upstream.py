@@ -321,3 +321,27 @@ async def test_an_upstream_cookie_is_not_sent_back(upstream, client):
     assert await read_whole(client, p) == BODY
     assert len(upstream.received) == 2
     assert "cookie:" not in upstream.received[1].head.lower()
+
+
+def test_a_client_closed_in_one_event_loop_times_out_calls_in_the_next() -> None:
+    """The client keeps its session's loop for the calls' timers: a closed client must not keep it."""
+
+    async def silent_upstream_call(client: UpstreamClient) -> str:
+        async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(65536)
+            await asyncio.sleep(30)
+
+        server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+        try:
+            await client.open(call(url), provider(url, first_byte=0.2))
+        except UpstreamTimeout as e:
+            return str(e)
+        finally:
+            await client.close()
+            server.close()
+        return "answered"
+
+    client = UpstreamClient()
+    assert "sent no response headers within 0.2s" in asyncio.run(silent_upstream_call(client))
+    assert "sent no response headers within 0.2s" in asyncio.run(silent_upstream_call(client))
