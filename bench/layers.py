@@ -17,7 +17,16 @@ bodies only, no checks: a floor, not something to serve with):
 Every variant forwards the OpenAI→OpenAI non-stream request to ``bench.upstream``
 and returns its answer; rounds alternate between them, the median is reported.
 
-Run: ``python -m bench.layers [--rounds 5] [--requests 3000]``; one variant alone:
+With ``--c1`` it measures instead what ``make bench`` reports as the added p50 at
+concurrency 1 (requests alternating with direct ones to the upstream), for the
+minimal floor, the pooled-POST floor, the bare pass-through and ccproxyd (this
+tree, the bench's config). ``--awake`` runs the same with one busy loop per CPU
+at the lowest scheduling class (``SCHED_IDLE``: it runs only when nothing else
+wants that CPU), so no CPU goes idle between requests: on a virtual machine,
+the difference is what waking an idle CPU adds to the latency.
+
+Run: ``python -m bench.layers [--rounds 5] [--requests 3000]``, or
+``python -m bench.layers --c1 [--awake] [--rounds 5] [--seconds 2]``; one variant alone:
 ``python -m bench.layers --serve raw --port P --upstream 127.0.0.1:Q``.
 """
 
@@ -25,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -209,10 +220,79 @@ def measure(rounds: int, requests: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+C1_SERVERS = ("raw", "aiohttp server, pooled POST", "pass-through", "ccproxyd")
+
+
+def latency(rounds: int, seconds: float, awake: bool) -> dict[str, float]:
+    """Added p50 (ms) at concurrency 1 per server: the median over ``rounds``, the servers alternating."""
+    import orjson
+    import tomli_w
+
+    from . import procs
+    from .scenarios import ccproxyd_config, scenarios
+
+    work = Path(tempfile.mkdtemp(prefix="ccproxyd-layers-c1-"))
+    repo = str(Path(__file__).resolve().parent.parent)
+    port = procs.free_port()
+    upstream = procs.start("upstream", [sys.executable, "-m", "bench.upstream", "--port", str(port)], port, work, cwd=repo)
+    servers: dict[str, procs.Server] = {}
+    spinners: list[subprocess.Popen] = []
+    scenario = {s.key: s for s in scenarios(100)}["openai-openai"]
+    samples: dict[str, list[float]] = {name: [] for name in C1_SERVERS}
+    try:
+        for name in C1_SERVERS:
+            p = procs.free_port()
+            if name == "ccproxyd":
+                config = work / "ccproxyd.toml"
+                config.write_text(tomli_w.dumps(ccproxyd_config(p, upstream.url, str(work / "state"))))
+                cmd = [sys.executable, "-m", "ccproxyd", "--config", str(config)]
+            elif name == "pass-through":
+                cmd = [sys.executable, "-m", "bench.passthrough", "--port", str(p), "--upstream", upstream.url]
+            else:
+                cmd = [sys.executable, "-m", "bench.layers", "--serve", name, "--port", str(p), "--upstream", f"127.0.0.1:{port}"]
+            servers[name] = procs.start(name.replace(" ", "_").replace(",", ""), cmd, p, work, cwd=repo)
+        if awake:
+            spinners = _keep_cpus_awake(rounds * len(C1_SERVERS) * (seconds + 5) + 30)
+        spec = work / "pairs.json"
+        for r in range(rounds):
+            for name in (list(C1_SERVERS) if r % 2 == 0 else list(C1_SERVERS)[::-1]):
+                targets = [scenario.target(upstream.url), scenario.target(servers[name].url)]
+                spec.write_bytes(orjson.dumps({"mode": "pairs", "targets": targets, "duration": seconds, "max_pairs": 100_000, "warmup": 5}))
+                proc = subprocess.run([sys.executable, "-m", "bench.loadgen", str(spec)], cwd=repo, capture_output=True, text=True, timeout=120)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"loadgen failed against {name}: {proc.stderr[-800:]}")
+                direct, via = orjson.loads(proc.stdout.strip().splitlines()[-1])["sides"]
+                if direct["errors"] or via["errors"]:
+                    raise RuntimeError(f"{name}: errors at c=1: {via['errors']} (direct {direct['errors']})")
+                samples[name].append(via["latency_ms"]["p50"] - direct["latency_ms"]["p50"])
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+        for server in servers.values():
+            procs.stop(server)
+        procs.stop(upstream)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _keep_cpus_awake(seconds: float) -> list[subprocess.Popen]:
+    """One busy loop per CPU, each pinned to it at ``SCHED_IDLE``, for at most ``seconds`` (killed sooner by the caller)."""
+    code = ("import os, sys, time\n"
+            "os.sched_setaffinity(0, {int(sys.argv[1])})\n"
+            "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+            "end = time.monotonic() + float(sys.argv[2])\n"
+            "while time.monotonic() < end:\n"
+            "    pass\n")
+    return [subprocess.Popen([sys.executable, "-c", code, str(cpu), str(seconds)]) for cpu in sorted(os.sched_getaffinity(0))]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.layers", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--c1", action="store_true", help="added p50 at concurrency 1 instead of CPU per request")
+    p.add_argument("--awake", action="store_true", help="with --c1: keep every CPU busy at SCHED_IDLE, so none goes idle")
+    p.add_argument("--seconds", type=float, default=2.0, help="with --c1: seconds of alternating requests per server and round")
     p.add_argument("--serve", choices=list(VARIANTS), help="run one variant (used by the measurement)")
     p.add_argument("--port", type=int)
     p.add_argument("--upstream", help="host:port of the upstream")
@@ -221,6 +301,12 @@ def main(argv: list[str] | None = None) -> None:
         import uvloop
 
         uvloop.run(serve(*VARIANTS[a.serve], a.port, a.upstream))
+        return
+    if a.c1:
+        added = latency(a.rounds, a.seconds, a.awake)
+        print(f"| server ({'CPUs kept from idling' if a.awake else 'CPUs idle between requests'}) | added p50 at c=1, ms |\n| --- | ---: |")
+        for name, value in added.items():
+            print(f"| {name} | {value:.3f} |")
         return
     result = measure(a.rounds, a.requests)
     print("| pass-through | CPU µs per request |\n| --- | ---: |")

@@ -228,3 +228,29 @@ def test_every_layers_variant_forwards_and_gets_a_row() -> None:
     rows = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows == ["pass-through", "aiohttp", "aiohttp server, raw client", "raw server, aiohttp client", "raw",
                     "aiohttp server, pooled POST"]
+
+
+@pytest.mark.parametrize("awake", [False, True])
+def test_layers_c1_reports_the_added_latency_of_every_server(awake: bool) -> None:
+    """bench/layers.py --c1 end to end, tiny: each server answers at c=1 and gets a figure; --awake's busy loops end with it."""
+    before = _busy_loops()
+    proc = subprocess.run([sys.executable, "-m", "bench.layers", "--c1", "--rounds", "1", "--seconds", "0.2", *(["--awake"] if awake else [])],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    assert ("CPUs kept from idling" if awake else "CPUs idle between requests") in proc.stdout
+    assert list(rows)[1:] == ["raw", "aiohttp server, pooled POST", "pass-through", "ccproxyd"]
+    assert all(float(value) > 0 for value in list(rows.values())[1:]), rows
+    assert _busy_loops() == before
+
+
+def _busy_loops() -> int:
+    """Live processes running bench.layers' busy loop (it names SCHED_IDLE in its command line)."""
+    count = 0
+    for status in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            count += b"SCHED_IDLE" in status.read_bytes()
+        except OSError:
+            continue
+    return count
