@@ -86,6 +86,8 @@ def cases(chunks: int, features: bool) -> list[Case]:
              headers=(("authorization", f"Bearer {LIMITED_KEY}"),), base="access-keys"),
         Case("agent-request", "OpenAI→OpenAI, a coding agent's request (181 messages, 15 tools, 75 KB)",
              replace(oo, agent_turns=60), base="openai-openai"),
+        Case("claude-agent-request", "Claude→OpenAI, a coding agent's request (121 messages, 15 tools, 79 KB)",
+             replace(by["claude-openai"], agent_turns=60), base="claude-openai"),
     ]
 
 

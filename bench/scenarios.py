@@ -41,6 +41,28 @@ def agent_history(turns: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return messages, tools
 
 
+def claude_agent_history(turns: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The same conversation as :func:`agent_history` in the shape Claude Code sends it: system blocks (the last
+    one cached), content blocks, each tool result in the next user message with that message's text, and
+    the tools with input schemas (60 turns: 121 messages, about 79 KB)."""
+    system = [{"type": "text", "text": "You are a coding agent. " * 10},
+              {"type": "text", "text": "You are a coding agent. " * 10, "cache_control": {"type": "ephemeral"}}]
+    messages: list[dict[str, Any]] = []
+    for i in range(turns + 1):
+        content: list[dict[str, Any]] = []
+        if i:
+            content.append({"type": "tool_result", "tool_use_id": f"toolu_{i - 1}", "content": "def f():\n    return 1\n" * 30})
+        content.append({"type": "text", "text": f"please fix bug {i} in file src/module_{i}.py " * 5})
+        messages.append({"role": "user", "content": content})
+        if i < turns:
+            messages.append({"role": "assistant", "content": [
+                {"type": "text", "text": f"I will read src/module_{i}.py first."},
+                {"type": "tool_use", "id": f"toolu_{i}", "name": "bash", "input": {"command": f"cat src/module_{i}.py"}}]})
+    tools = [{"name": f"tool_{j}", "description": "does a thing " * 10,
+              "input_schema": {"type": "object", "properties": {"a": {"type": "string"}}}} for j in range(15)]
+    return system, messages, tools
+
+
 def openai_request(model: str, stream: bool, tools: bool = False, agent_turns: int = 0) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}],
                             "max_tokens": 256}
@@ -54,8 +76,10 @@ def openai_request(model: str, stream: bool, tools: bool = False, agent_turns: i
     return body
 
 
-def claude_request(model: str, stream: bool) -> dict[str, Any]:
+def claude_request(model: str, stream: bool, agent_turns: int = 0) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "max_tokens": 256, "system": SYSTEM, "messages": [{"role": "user", "content": USER}]}
+    if agent_turns:
+        body["system"], body["messages"], body["tools"] = claude_agent_history(agent_turns)
     if stream:
         body["stream"] = True
     return body
@@ -78,12 +102,12 @@ class Scenario:
     compat: bool = False
     litellm: bool = False  # LiteLLM speaks this client protocol to an OpenAI-compatible upstream
     passthrough: bool = False  # also measure the bare pass-through (same protocol only)
-    agent_turns: int = 0  # a coding agent's long request (agent_history) instead of the short one (OpenAI clients)
+    agent_turns: int = 0  # a coding agent's long request (agent_history, claude_agent_history) instead of the short one
 
     def body(self, model: str | None = None) -> dict[str, Any]:
         model = model or self.model
         if self.client == "claude":
-            return claude_request(model, self.stream)
+            return claude_request(model, self.stream, agent_turns=self.agent_turns)
         return openai_request(model, self.stream, tools=self.compat, agent_turns=self.agent_turns)
 
     def paced(self) -> "Scenario":
