@@ -237,6 +237,20 @@ def test_the_depth_walk_answers_as_it_did(body: dict | list, limit: int) -> None
     assert _nests_deeper(parsed, limit) == _nests_deeper_before(parsed, limit)
 
 
+_CLAUDE_BLOCK_KEYS = ("type", "text", "source", "id", "name", "input", "tool_use_id", "content", "is_error", "cache_control", "citations")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_CLAUDE_BLOCK_KEYS), st.none() | st.text(max_size=2) | st.just({"type": "ephemeral"}), max_size=6))
+def test_a_claude_blocks_extra_fields_are_what_the_filter_gave(block: dict) -> None:
+    """Claude's block decoding asks the key set first, then filters: the same extra fields (or None) as filtering always."""
+    from ccproxyd.protocols.claude import inbound
+
+    for known in (inbound._TEXT_KEYS, inbound._SOURCE_KEYS, inbound._TOOL_USE_KEYS, inbound._TOOL_RESULT_KEYS):
+        extra = {k: v for k, v in block.items() if k not in known}
+        assert inbound._meta(block, known) == ({"claude": extra} if extra else None)
+
+
 def test_an_empty_array_one_level_too_deep_is_too_deep() -> None:
     from ccproxyd.dispatch import _nests_deeper
 

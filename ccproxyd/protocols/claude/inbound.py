@@ -86,7 +86,7 @@ def _decode_system(raw: Any) -> list[ir.Part]:
         check(block, dict, at)
         if block.get("type", "text") != "text":
             raise ClientError(f"{at}.type must be text", param=f"{at}.type")
-        parts.append(ir.Text(req(block, "text", str, at + "."), _meta(block, ("type", "text"))))
+        parts.append(ir.Text(req(block, "text", str, at + "."), _meta(block, _TEXT_KEYS)))
     return parts
 
 
@@ -115,17 +115,17 @@ def _decode_block(block: Any, at: str) -> ir.Part:
     check(block, dict, at)
     kind = req(block, "type", str, at + ".")
     if kind == "text":
-        return ir.Text(req(block, "text", str, at + "."), _meta(block, ("type", "text")))
+        return ir.Text(req(block, "text", str, at + "."), _meta(block, _TEXT_KEYS))
     if kind == "image":
         source = req(block, "source", dict, at + ".")
         if source.get("type") == "file":
             return _opaque(block)
-        return _decode_source(source, at + ".source", _meta(block, ("type", "source")))
+        return _decode_source(source, at + ".source", _meta(block, _SOURCE_KEYS))
     if kind == "document":
         return _decode_document(block, at)
     if kind == "tool_use":
         args = opt(block, "input", dict, at + ".") or {}
-        return ir.ToolCall(req(block, "id", str, at + "."), req(block, "name", str, at + "."), args, _meta(block, ("type", "id", "name", "input")))
+        return ir.ToolCall(req(block, "id", str, at + "."), req(block, "name", str, at + "."), args, _meta(block, _TOOL_USE_KEYS))
     if kind == "tool_result":
         content = block.get("content")
         parts = _decode_content(content, at + ".content")
@@ -134,7 +134,7 @@ def _decode_block(block: Any, at: str) -> ir.Part:
             "",
             parts,
             bool(opt(block, "is_error", bool, at + ".")),
-            _meta(block, ("type", "tool_use_id", "content", "is_error")),
+            _meta(block, _TOOL_RESULT_KEYS),
         )
     if kind == "thinking":
         text = opt(block, "thinking", str, at + ".") or ""
@@ -186,10 +186,19 @@ def _decode_document(block: dict[str, Any], at: str) -> ir.Part:
     return _decode_source(source, at + ".source", meta)
 
 
-def _meta(block: dict[str, Any], known: tuple[str, ...]) -> dict[str, dict[str, Any]] | None:
-    """Block fields the unified part has no slot for (cache_control, citations...)."""
-    extra = {k: v for k, v in block.items() if k not in known}
-    return {"claude": extra} if extra else None
+def _meta(block: dict[str, Any], known: frozenset[str]) -> dict[str, dict[str, Any]] | None:
+    """Block fields the unified part has no slot for (cache_control, citations...). Most blocks have none,
+    which one set comparison tells (a coding agent's request has hundreds of blocks)."""
+    if block.keys() <= known:
+        return None
+    return {"claude": {k: v for k, v in block.items() if k not in known}}
+
+
+# the fields of each kind of block that its unified part holds
+_TEXT_KEYS = frozenset({"type", "text"})
+_SOURCE_KEYS = frozenset({"type", "source"})
+_TOOL_USE_KEYS = frozenset({"type", "id", "name", "input"})
+_TOOL_RESULT_KEYS = frozenset({"type", "tool_use_id", "content", "is_error"})
 
 
 def _copy(meta: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
