@@ -85,9 +85,14 @@ async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) 
         raise ClientError(f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ClientError(f"request body must be a JSON object, got {type(body).__name__}")
-    if raw.count(b"[") + raw.count(b"{") > max_depth and _nests_deeper(body, max_depth):  # fewer brackets cannot nest that deep
+    # fewer brackets cannot nest that deep: counting them is cheaper than the walk on a short body; on a long one
+    # (a coding agent's, 80 KB) counting costs half as much as the walk, which nearly always follows
+    if (len(raw) > _COUNT_BRACKETS_UP_TO or raw.count(b"[") + raw.count(b"{") > max_depth) and _nests_deeper(body, max_depth):
         raise ClientError(f"request body nests objects and arrays deeper than {max_depth} levels")
     return body
+
+
+_COUNT_BRACKETS_UP_TO = 4096  # bytes of body
 
 
 async def _read_limited(content: StreamReader, limit: int) -> bytes:
@@ -101,19 +106,16 @@ async def _read_limited(content: StreamReader, limit: int) -> bytes:
 
 
 def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
-    """Whether containers nest more than ``limit`` deep; iterative, so depth costs no recursion.
-    (It visits every object and array of the body: a third faster with exact type checks, which is all
-    orjson makes.)"""
-    stack = [(value, 1)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        node, depth = pop()
+    """Whether containers nest more than ``limit`` deep; level by level, so depth costs no recursion.
+    (It visits every object and array of the body: exact type checks, which is all orjson makes, and one
+    list comprehension per level rather than a stack entry per container.)"""
+    level, depth = [value], 1
+    while level:
         if depth > limit:
             return True
         depth += 1
-        for child in node.values() if type(node) is dict else node:
-            if type(child) is dict or type(child) is list:
-                push((child, depth))
+        level = [child for node in level for child in (node.values() if type(node) is dict else node)
+                 if type(child) is dict or type(child) is list]
     return False
 
 

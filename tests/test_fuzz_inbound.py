@@ -577,6 +577,20 @@ async def test_nesting_depth_is_limited(fuzz_proxy, caplog, protocol):
     assert status == 400 and "deeper than 64" in check_error(protocol, status, raw)
 
 
+@pytest.mark.parametrize("padding", [0, 8192])
+async def test_nesting_depth_is_limited_in_short_and_long_bodies(fuzz_proxy, caplog, padding):
+    """A long body (a coding agent's) skips the bracket count and is walked at once: the same limit holds."""
+    _, _, models = fuzz_proxy
+    path, body = chat_request("openai", models[0])
+    nested: Any = 1
+    for _ in range(64):
+        nested = [nested]
+    sent = orjson.dumps({**body, "padding": "x" * padding, "zz": nested})
+    assert (len(sent) > 4096) == bool(padding)
+    status, raw = await exchange(fuzz_proxy, caplog, Sent("openai", "POST", path, sent))
+    assert status == 400 and "deeper than 64" in check_error("openai", status, raw)
+
+
 async def test_body_limit_is_enforced_before_the_body_is_read(fuzz_proxy, caplog):
     """A Content-Length over the limit is refused at once; a chunked body is cut off at the limit."""
     proxy, _, models = fuzz_proxy
