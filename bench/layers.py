@@ -276,14 +276,24 @@ def latency(rounds: int, seconds: float, awake: bool) -> dict[str, float]:
 
 
 def _keep_cpus_awake(seconds: float) -> list[subprocess.Popen]:
-    """One busy loop per CPU, each pinned to it at ``SCHED_IDLE``, for at most ``seconds`` (killed sooner by the caller)."""
+    """One busy loop per CPU, each pinned to it at ``SCHED_IDLE``, for at most ``seconds`` (killed sooner by the
+    caller); returned once every one has said it runs so, or RuntimeError."""
     code = ("import os, sys, time\n"
             "os.sched_setaffinity(0, {int(sys.argv[1])})\n"
             "os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\n"
+            "print('ready', flush=True)\n"
             "end = time.monotonic() + float(sys.argv[2])\n"
             "while time.monotonic() < end:\n"
             "    pass\n")
-    return [subprocess.Popen([sys.executable, "-c", code, str(cpu), str(seconds)]) for cpu in sorted(os.sched_getaffinity(0))]
+    spinners = [subprocess.Popen([sys.executable, "-c", code, str(cpu), str(seconds)], stdout=subprocess.PIPE, text=True)
+                for cpu in sorted(os.sched_getaffinity(0))]
+    for spinner in spinners:
+        if spinner.stdout is None or spinner.stdout.readline().strip() != "ready":  # EOF if it could not pin itself
+            for other in spinners:
+                other.kill()
+                other.wait()
+            raise RuntimeError("could not start a SCHED_IDLE busy loop on every CPU")
+    return spinners
 
 
 def main(argv: list[str] | None = None) -> None:

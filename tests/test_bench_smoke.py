@@ -254,3 +254,12 @@ def _busy_loops() -> int:
         except OSError:
             continue
     return count
+
+
+def test_layers_awake_refuses_when_a_busy_loop_cannot_pin_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CPU 4096 here: its busy loop fails before saying it runs, and --awake stops rather than measure idle CPUs."""
+    from bench import layers
+
+    monkeypatch.setattr(layers.os, "sched_getaffinity", lambda pid: {4096})
+    with pytest.raises(RuntimeError, match="SCHED_IDLE busy loop"):
+        layers._keep_cpus_awake(30)
