@@ -174,9 +174,13 @@ class Meter:
 
 
 def run_load(work: Path, target: dict[str, Any], requests: int, connections: int) -> dict[str, Any]:
+    return run_loadgen(work, {"mode": "load", "target": target, "connections": connections, "duration": 60, "max_requests": requests})
+
+
+def run_loadgen(work: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The bundled load generator's result for ``spec`` (bench/loadgen.py's modes), run in a process of its own."""
     path = work / "spec.json"
-    path.write_bytes(orjson.dumps({"mode": "load", "target": target, "connections": connections, "duration": 60,
-                                   "max_requests": requests}))
+    path.write_bytes(orjson.dumps(spec))
     proc = subprocess.run([sys.executable, "-m", "bench.loadgen", str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"loadgen failed: {proc.stderr[-800:]}")

@@ -40,7 +40,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+if TYPE_CHECKING:
+    from . import procs
 
 VARIANTS = {"aiohttp": ("aiohttp", "aiohttp"), "aiohttp server, raw client": ("aiohttp", "raw"),
             "raw server, aiohttp client": ("raw", "aiohttp"), "raw": ("raw", "raw"),
@@ -201,9 +204,7 @@ def measure(rounds: int, requests: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
     try:
         for name in VARIANTS:
-            p = procs.free_port()
-            servers[name] = procs.start(name.replace(" ", "_").replace(",", ""), [sys.executable, "-m", "bench.layers", "--serve", name,
-                                        "--port", str(p), "--upstream", f"127.0.0.1:{port}"], p, work, cwd=repo)
+            servers[name] = _start_variant(name, port, work, repo)
         for r in range(rounds):
             for name in (list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]):
                 target = scenario.target(servers[name].url)
@@ -220,15 +221,24 @@ def measure(rounds: int, requests: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def _start_variant(name: str, upstream_port: int, work: Path, repo: str) -> procs.Server:
+    """One of the VARIANTS in a process of its own, in front of the upstream on ``upstream_port``."""
+    from . import procs
+
+    port = procs.free_port()
+    return procs.start(name.replace(" ", "_").replace(",", ""), [sys.executable, "-m", "bench.layers", "--serve", name,
+                       "--port", str(port), "--upstream", f"127.0.0.1:{upstream_port}"], port, work, cwd=repo)
+
+
 C1_SERVERS = ("raw", "aiohttp server, pooled POST", "pass-through", "ccproxyd")
 
 
 def latency(rounds: int, seconds: float, awake: bool) -> dict[str, float]:
     """Added p50 (ms) at concurrency 1 per server: the median over ``rounds``, the servers alternating."""
-    import orjson
     import tomli_w
 
     from . import procs
+    from .cpu import run_loadgen
     from .scenarios import ccproxyd_config, scenarios
 
     work = Path(tempfile.mkdtemp(prefix="ccproxyd-layers-c1-"))
@@ -241,27 +251,24 @@ def latency(rounds: int, seconds: float, awake: bool) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in C1_SERVERS}
     try:
         for name in C1_SERVERS:
+            if name in VARIANTS:
+                servers[name] = _start_variant(name, port, work, repo)
+                continue
             p = procs.free_port()
             if name == "ccproxyd":
                 config = work / "ccproxyd.toml"
                 config.write_text(tomli_w.dumps(ccproxyd_config(p, upstream.url, str(work / "state"))))
                 cmd = [sys.executable, "-m", "ccproxyd", "--config", str(config)]
-            elif name == "pass-through":
-                cmd = [sys.executable, "-m", "bench.passthrough", "--port", str(p), "--upstream", upstream.url]
             else:
-                cmd = [sys.executable, "-m", "bench.layers", "--serve", name, "--port", str(p), "--upstream", f"127.0.0.1:{port}"]
+                cmd = [sys.executable, "-m", "bench.passthrough", "--port", str(p), "--upstream", upstream.url]
             servers[name] = procs.start(name.replace(" ", "_").replace(",", ""), cmd, p, work, cwd=repo)
         if awake:
             spinners = _keep_cpus_awake(rounds * len(C1_SERVERS) * (seconds + 5) + 30)
-        spec = work / "pairs.json"
         for r in range(rounds):
             for name in (list(C1_SERVERS) if r % 2 == 0 else list(C1_SERVERS)[::-1]):
                 targets = [scenario.target(upstream.url), scenario.target(servers[name].url)]
-                spec.write_bytes(orjson.dumps({"mode": "pairs", "targets": targets, "duration": seconds, "max_pairs": 100_000, "warmup": 5}))
-                proc = subprocess.run([sys.executable, "-m", "bench.loadgen", str(spec)], cwd=repo, capture_output=True, text=True, timeout=120)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"loadgen failed against {name}: {proc.stderr[-800:]}")
-                direct, via = orjson.loads(proc.stdout.strip().splitlines()[-1])["sides"]
+                direct, via = run_loadgen(work, {"mode": "pairs", "targets": targets, "duration": seconds, "max_pairs": 100_000,
+                                                 "warmup": 5})["sides"]
                 if direct["errors"] or via["errors"]:
                     raise RuntimeError(f"{name}: errors at c=1: {via['errors']} (direct {direct['errors']})")
                 samples[name].append(via["latency_ms"]["p50"] - direct["latency_ms"]["p50"])

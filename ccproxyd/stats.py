@@ -69,7 +69,6 @@ _COLUMNS = ("ts", "request_id", "key_name", "group_name", "alias", "target", "pr
             "stream", "status", "error_kind", "cancelled", "failovers", "input_tokens", "output_tokens", "cached_tokens",
             "reasoning_tokens", "duration", "ttfb", "upstream_seconds", "route", "usage_estimated")
 _ROW_PLACES = f"({', '.join('?' * len(_COLUMNS))})"
-_INSERT = f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES {_ROW_PLACES}"
 # Rows per INSERT, largest first: SQLite keeps each statement prepared, so there are only a few sizes (a
 # statement of 256 rows takes 0.6 MB, and a cache of all sizes took 50). 32 rows are 768 parameters: under
 # the 999 an SQLite before 3.32 allows.
@@ -116,6 +115,9 @@ def insert_rows(db: sqlite3.Connection, rows: list[tuple]) -> None:
 @functools.cache
 def _insert_of(count: int) -> str:
     return f"INSERT INTO requests ({', '.join(_COLUMNS)}) VALUES {', '.join([_ROW_PLACES] * count)}"
+
+
+_INSERT = _insert_of(1)  # one row, as executemany would take it
 
 
 def _utf8(value: Any) -> Any:
