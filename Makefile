@@ -46,6 +46,9 @@ check: $(STAMP)
 # and the example config and an empty env file (for API keys) unless they exist.
 # DESTDIR puts everything under another root to look at (the venv does not relocate) and skips systemctl.
 PREFIX     ?= /opt/ccproxyd
+# The service's interpreter: the first of these that is Python 3.11+ outside /root, /home and /run/user,
+# which the unit cannot read (systemd/service-python says why it passes over one).
+SERVICE_PYTHON ?= /usr/bin/python3 $(PYTHON)
 CONFIG_DIR ?= /etc/ccproxyd
 UNIT_DIR   ?= /etc/systemd/system
 
@@ -54,7 +57,7 @@ UNIT_DIR   ?= /etc/systemd/system
 # launcher is the main process and ccproxyd, which notifies, is its child.
 install-service:
 ifeq ($(BINARY),)
-	$(PYTHON) -m venv $(DESTDIR)$(PREFIX)
+	python=$$(systemd/service-python $(SERVICE_PYTHON)) && $$python -m venv $(DESTDIR)$(PREFIX)
 	$(DESTDIR)$(PREFIX)/bin/pip install --quiet --upgrade pip
 	$(DESTDIR)$(PREFIX)/bin/pip install --quiet .
 else

@@ -377,6 +377,35 @@ def test_systemd_unit_verifies(tmp_path):
     assert result.returncode == 0 and not problems, result.stdout + result.stderr
 
 
+def _service_python(*candidates: str, homes: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / "systemd/service-python"), *candidates], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CCPROXYD_HOMES": homes})
+
+
+def test_the_service_interpreter_is_the_first_the_unit_can_run(tmp_path):
+    """The unit's throwaway user cannot read home directories (ProtectHome=yes): an interpreter living
+    there (pyenv's, say) is passed over, with the reason, for the next candidate."""
+    this = os.path.realpath(sys.base_prefix)
+    elsewhere = str(tmp_path / "elsewhere")
+    chosen = _service_python(str(tmp_path / "missing"), "/bin/true", sys.executable, homes=elsewhere)
+    assert chosen.returncode == 0 and chosen.stdout.strip() == sys.executable, chosen.stderr
+    assert f"{tmp_path / 'missing'}: not found" in chosen.stderr and "/bin/true does not run as Python" in chosen.stderr
+
+    refused = _service_python(sys.executable, homes=f"/nowhere {this}")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert f"lives in {this}" in refused.stderr and "which the service cannot read" in refused.stderr
+    assert "give one with SERVICE_PYTHON=" in refused.stderr
+
+
+def test_install_service_refuses_an_interpreter_the_unit_could_not_run(tmp_path):
+    root = tmp_path / "root"
+    result = subprocess.run(["make", "--no-print-directory", "install-service", f"DESTDIR={root}", f"SERVICE_PYTHON={sys.executable}"],
+                            cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "CCPROXYD_HOMES": os.path.realpath(sys.base_prefix)})
+    assert result.returncode != 0 and "which the service cannot read" in result.stderr, result.stdout + result.stderr
+    assert not root.exists(), "nothing is installed"
+
+
 async def test_a_hung_worker_is_killed_and_replaced_when_the_watchdog_is_on(start_upstream, run_daemon, listener, tmp_path):
     upstream = await start_upstream("openai")
     notify = listener()
