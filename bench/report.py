@@ -167,7 +167,7 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [
         f"Machine: {m.get('cores')} cores (nproc), {m.get('cpu')}, {m.get('memory_gb', '?')} GB; {m.get('system')}; "
-        f"Python {m.get('python')}, aiohttp {m.get('aiohttp')}, uvloop {m.get('uvloop') or 'no'}; "
+        f"Python {m.get('python')} ({m.get('python_home', '?')}), aiohttp {m.get('aiohttp')}, uvloop {m.get('uvloop') or 'no'}; "
         f"load average {m.get('loadavg_start', '?')} at the start, {m.get('loadavg_end', '?')} at the end.",
         f"Load: {result['loadgen']['throughput']} at {result['settings']['connections']} connections for throughput; "
         f"{result['loadgen']['latency']} for the c=1 columns. LiteLLM: {result['litellm']['status']}. "

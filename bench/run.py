@@ -91,7 +91,8 @@ def log(message: str) -> None:
 
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-                            "system": platform.platform(terse=True), "python": platform.python_version()}
+                            "system": platform.platform(terse=True), "python": platform.python_version(),
+                            "python_home": os.path.realpath(sys.base_prefix)}  # which build: they differ in speed
     with contextlib.suppress(OSError):
         cpuinfo = Path("/proc/cpuinfo").read_text()
         info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "unknown CPU")
