@@ -359,14 +359,20 @@ class _ReadWatch:
 
 
 _LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+_RETRY_HEADERS = ("retry-after", "retry-after-ms")
+_LIMIT_INITIALS = "xXaArR"  # the first letters of the names above, in either case
 
 
 def limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The upstream's rate-limit and retry headers, passed on to the client under the same names."""
-    return {
-        low: value for name, value in headers.items()
-        if (low := name.lower()) in ("retry-after", "retry-after-ms") or low.startswith(_LIMIT_PREFIXES)
-    }
+    """The upstream's rate-limit and retry headers, passed on to the client under the same names.
+
+    Only a name beginning with x, a or r, in either case, can be one (no other character lowercases to
+    those), so the rest are passed over without lowercasing them."""
+    found = {}
+    for name, value in headers.items():
+        if name[:1] in _LIMIT_INITIALS and ((low := name.lower()) in _RETRY_HEADERS or low.startswith(_LIMIT_PREFIXES)):
+            found[low] = value
+    return found
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

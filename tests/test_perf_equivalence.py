@@ -251,6 +251,32 @@ def test_a_claude_blocks_extra_fields_are_what_the_filter_gave(block: dict) -> N
         assert inbound._meta(block, known) == ({"claude": extra} if extra else None)
 
 
+_HEADER_NAMES = st.sampled_from(["Retry-After", "retry-after-ms", "RETRY-AFTER-MS", "X-RateLimit-Remaining-Tokens", "x-ratelimit-",
+                                 "anthropic-ratelimit-requests-limit", "Anthropic-RateLimit-Tokens-Reset", "x-request-id", "",
+                                 "Content-Type", "alt-svc", "retry", "ratelimit"]) | st.text(max_size=24)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_HEADER_NAMES, st.text(max_size=8)), max_size=12))
+def test_the_limit_headers_are_what_lowercasing_every_name_gave(items: list[tuple[str, str]]) -> None:
+    """``limit_headers`` lowercases only the names whose first letter can begin one (duplicates: the last wins)."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from ccproxyd.upstream import limit_headers
+
+    headers = CIMultiDictProxy(CIMultiDict(items))
+    assert limit_headers(headers) == {
+        low: value for name, value in headers.items()
+        if (low := name.lower()) in ("retry-after", "retry-after-ms") or low.startswith(("x-ratelimit-", "anthropic-ratelimit-"))
+    }
+
+
+def test_no_other_letter_lowercases_to_a_limit_headers_first_letter() -> None:
+    from ccproxyd.upstream import _LIMIT_INITIALS
+
+    assert [hex(c) for c in range(0x110000) if chr(c) not in _LIMIT_INITIALS and chr(c).lower()[:1] in ("x", "a", "r")] == []
+
+
 def test_an_empty_array_one_level_too_deep_is_too_deep() -> None:
     from ccproxyd.dispatch import _nests_deeper
 
