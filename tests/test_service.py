@@ -397,6 +397,24 @@ def test_the_service_interpreter_is_the_first_the_unit_can_run(tmp_path):
     assert "give one with SERVICE_PYTHON=" in refused.stderr
 
 
+def test_an_unprivileged_user_runs_the_interpreter_chosen_and_not_one_passed_over_for_its_home():
+    """What the unit's throwaway user can do, tried as ``nobody`` without capabilities: run the interpreter
+    chosen from the Makefile's candidates, and not one refused for living in a home directory."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to run a command as nobody")
+    as_nobody = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
+    probe = ["-c", "import sys; print(sys.version_info >= (3, 11))"]
+    chosen = _service_python("/usr/bin/python3", "python3", homes="/root /home /run/user")
+    if chosen.returncode != 0:
+        pytest.skip(f"no interpreter here for the service: {chosen.stderr.strip()}")
+    ran = subprocess.run([*as_nobody, chosen.stdout.strip(), *probe], capture_output=True, text=True, timeout=60, cwd="/")
+    assert ran.returncode == 0 and ran.stdout.strip() == "True", ran.stderr
+    refused = shutil.which("python3")
+    if refused and "lives in" in _service_python(refused, homes="/root /home /run/user").stderr:
+        assert subprocess.run([*as_nobody, refused, *probe], capture_output=True, timeout=60, cwd="/").returncode != 0
+
+
 def test_install_service_refuses_an_interpreter_the_unit_could_not_run(tmp_path):
     root = tmp_path / "root"
     result = subprocess.run(["make", "--no-print-directory", "install-service", f"DESTDIR={root}", f"SERVICE_PYTHON={sys.executable}"],
