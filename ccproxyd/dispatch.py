@@ -44,9 +44,9 @@ from .limits import Pacer, estimate_tokens
 from .observe import BodyLog, RequestRecord, redact_secrets
 from .paths import Route
 from .protocols import ADAPTERS
-from .protocols.base import Adapter, ModelInfo, StreamEncoder, UpstreamTarget
+from .protocols.base import Adapter, ModelInfo, Relay, StreamEncoder, UpstreamCall, UpstreamTarget
 from .routing import Attempt, AttemptPlan, Router, bind_model, is_retryable, resolve_alias, resolve_group
-from .shaping import finish_call, shape_request, use_compat
+from .shaping import finish_call, shape_request, shapes_nothing, use_compat
 from .state import LocalState
 from .streams import FrameTooLarge
 from .toolnames import fit_request
@@ -194,15 +194,17 @@ class Dispatcher:
 
     def plan(
         self, config: Config, route: Route, model: str, record: RequestRecord, key_groups: tuple[str, ...] = (),
-        client_req: ir.Request | None = None, headers: Mapping[str, str] | None = None,
+        client_req: ir.Request | Callable[[], ir.Request] | None = None, headers: Mapping[str, str] | None = None,
     ) -> Plan:
-        """With ``client_req``, the group's routing rules may pick the alias, unless the client named one
-        itself (``group@alias`` or the ``x-ccproxy-alias`` header)."""
+        """With ``client_req`` (or a function decoding it, called only when a rule needs it), the group's
+        routing rules may pick the alias, unless the client named one itself (``group@alias`` or the
+        ``x-ccproxy-alias`` header)."""
         forced = (headers.get(ALIAS_HEADER) or None) if headers is not None else None
         group, alias_name = _allowed_group(config, route, forced or model, key_groups)
         requested, rule = alias_name, None
         if group.routes and client_req is not None and forced is None and alias_name == model:
-            rule = rules.choose(group.routes, client_req, route.protocol)
+            decoded = client_req if isinstance(client_req, ir.Request) else client_req()
+            rule = rules.choose(group.routes, decoded, route.protocol)
             alias_name = rule.use if rule is not None else alias_name
         alias = self._alias(config, group, alias_name)
         record.group, record.alias, record.route = group.name, requested, rule.label if rule is not None else None
@@ -231,37 +233,49 @@ class Dispatcher:
             bodies = self.body_log()
             if bodies is not None:
                 bodies.write({"request_id": record.request_id, "direction": "client_request", "path": request.path, "body": body})
-            client_req = inbound.decode_request(body, route, request.headers)
-            if inbound.continues(client_req) is not None:  # no coroutine for the requests that continue nothing
-                client_req = await conversations.resume(self.conversations, inbound, client_req, record.key_name or "")
-            record.stream = client_req.stream
-            plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
-            local = inbound.answer_locally(client_req)
-            if local is not None:
-                record.status = 200
-                return web.Response(body=orjson.dumps(local), content_type="application/json")
+            relay = inbound.relay(body, route, request.headers)  # a plain request: decoded only if need be
+            client_req = inbound.decode_request(body, route, request.headers) if relay is None else None
+            if client_req is not None:
+                if inbound.continues(client_req) is not None:  # no coroutine for the requests that continue nothing
+                    client_req = await conversations.resume(self.conversations, inbound, client_req, record.key_name or "")
+                record.stream = client_req.stream
+                plan = self.plan(config, route, client_req.model, record, key_groups, client_req, request.headers)
+                local = inbound.answer_locally(client_req)
+                if local is not None:
+                    record.status = 200
+                    return web.Response(body=orjson.dumps(local), content_type="application/json")
+            else:
+                plan = self.plan(config, route, relay.model, record, key_groups, relay.request, request.headers)
             failures: list[ProxyError] = []
             attempts = _PacedAttempts(self.pacer, self.router, plan.attempts, config, request.content_length, record)
             while (attempt := await attempts.next()) is not None:
                 outbound = ADAPTERS[attempt.provider.protocol]
                 compat = use_compat(plan.group, attempt.provider, route.compat)
                 record.target, record.compat, record.upstream_protocol = attempt.label, compat, outbound.name
+                relayed = relay is not None and outbound is inbound and not compat and shapes_nothing(
+                    plan.group, attempt.provider, plan.alias, _default_max_tokens(config, outbound))
+                if client_req is None and not relayed:
+                    client_req = relay.request()
                 release: list[Any] = []
+                answer = None
                 try:
                     try:
-                        events = await self._open_events(request, config, client_req, plan, attempt, outbound, compat, record, release)
-                        if client_req.stream:
-                            first = await self._first_events(events, record)
-                        elif isinstance(events, _Whole):  # decoded already: no coroutine to collect it
-                            response = self._collect_whole(events, client_req, record)
+                        if relayed:
+                            answer = await self._relayed(request, config, relay, attempt, outbound, record, release)
                         else:
-                            response = await self._collect(events, client_req, record)
+                            events = await self._open_events(request, config, client_req, plan, attempt, outbound, compat, record, release)
+                            if client_req.stream:
+                                first = await self._first_events(events, record)
+                            elif isinstance(events, _Whole):  # decoded already: no coroutine to collect it
+                                response = self._collect_whole(events, client_req, record)
+                            else:
+                                response = await self._collect(events, client_req, record)
                     except ProxyError as e:
                         if not self.fail_over(attempt, e, config, failures, record):
                             raise
                         continue
                     self.router.succeeded(attempt)
-                    if client_req.stream:
+                    if record.stream:
                         if not outbound.streams_usage(attempt.provider):  # known before the headers go: say so
                             request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
                         if conversations.keeps(self.conversations, inbound, client_req):  # it watches the guarded events
@@ -270,9 +284,10 @@ class Dispatcher:
                         return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies,
                                                             release[0] if release else None, attempt, config.server.cooldown_max)
                     record.status = 200
-                    if conversations.keeps(self.conversations, inbound, client_req):
-                        await conversations.keep(self.conversations, inbound, client_req, response, record.key_name or "")
-                    answer = inbound.encode_response(response, client_req)
+                    if answer is None:
+                        if conversations.keeps(self.conversations, inbound, client_req):
+                            await conversations.keep(self.conversations, inbound, client_req, response, record.key_name or "")
+                        answer = inbound.encode_response(response, client_req)
                     if bodies is not None:
                         bodies.write({"request_id": record.request_id, "direction": "client_response", "status": 200, "body": answer})
                     return web.Response(body=orjson.dumps(answer), content_type="application/json")
@@ -303,8 +318,7 @@ class Dispatcher:
         outbound: Adapter, compat: bool, record: RequestRecord, release: list[Any],
     ) -> AsyncIterator[ir.Event]:
         """The upstream's answer as IR events; the upstream response is put in ``release`` to be closed."""
-        default_max = config.server.default_max_tokens if outbound.requires_max_tokens else None
-        shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias, default_max)
+        shaped = shape_request(client_req, plan.group, attempt.provider, plan.alias, _default_max_tokens(config, outbound))
         outbound.check_request(shaped)
         tools, names = shaped.tools, None
         if compat:  # also without tools: earlier tool calls in the history must become text
@@ -316,6 +330,44 @@ class Dispatcher:
         target = UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id)
         call = outbound.encode_request(shaped, target)
         finish_call(call, attempt.provider, request.headers, record.request_id)
+        resp, body = await self._send(request, config, call, attempt, outbound, record, release)
+        if body is None:
+            events = outbound.decode_stream(resp.chunks)
+        else:
+            whole = _decoded(outbound, body, attempt)
+            if not (compat and tools) and names is None and not client_req.stream:  # renamed tools are restored below
+                return _Whole(whole, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
+            events = ir.iterate(ir.response_events(whole))
+        if compat and tools:
+            events = parse_stream(events, tools)
+        elif names is not None:
+            events = names.restore(events)
+        return _Guarded(events, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
+
+    async def _relayed(
+        self, request: web.Request, config: Config, relay: Relay, attempt: Attempt, outbound: Adapter,
+        record: RequestRecord, release: list[Any],
+    ) -> dict[str, Any]:
+        """The client's answer to a relayed request: the upstream's, re-encoded straight from its JSON when it
+        is plain, else read as any other answer."""
+        call = relay.call(UpstreamTarget(attempt.provider, attempt.target.model, attempt.key, record.request_id))
+        finish_call(call, attempt.provider, request.headers, record.request_id)
+        body = (await self._send(request, config, call, attempt, outbound, record, release))[1]
+        assert body is not None  # a relayed request does not stream
+        answered = relay.answer(body)
+        if answered is not None:
+            _count(record, answered[1])
+            return answered[0]
+        client_req = relay.request()
+        whole = _Whole(_decoded(outbound, body, attempt), config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
+        return outbound.encode_response(self._collect_whole(whole, client_req, record), client_req)
+
+    async def _send(
+        self, request: web.Request, config: Config, call: UpstreamCall, attempt: Attempt, outbound: Adapter,
+        record: RequestRecord, release: list[Any],
+    ) -> tuple[UpstreamResponse, bytes | None]:
+        """The upstream response to ``call`` (put in ``release`` to be closed), and its whole body unless it
+        streams. An error status, or an error sent as JSON in place of a stream, raises it."""
         started = time.monotonic()
         request[CLIENT_HEADERS] = {}  # nothing of an earlier attempt's answer
         try:
@@ -327,8 +379,9 @@ class Dispatcher:
                 error.message = redact_secrets(error.message, config)  # before any log line or client sees it
                 error.retry_after = parse_retry_after(resp.headers)
                 raise error
-            body = None if call.stream else await resp.read_all(_MAX_RESPONSE)
-            if call.stream and resp.headers.get("content-type", "").startswith("application/json"):
+            if not call.stream:
+                return resp, await resp.read_all(_MAX_RESPONSE)
+            if resp.headers.get("content-type", "").startswith("application/json"):
                 # asked for a stream, answered with one JSON body: most often an error sent with 200
                 whole = await resp.read_all(_MAX_RESPONSE)
                 if _is_error_body(whole):
@@ -336,23 +389,9 @@ class Dispatcher:
                     error.message = redact_secrets(error.message, config)
                     raise error
                 resp.chunks = _replay(whole)
+            return resp, None
         finally:
             record.upstream_seconds += time.monotonic() - started
-        if body is None:
-            events = outbound.decode_stream(resp.chunks)
-        else:
-            try:
-                whole = outbound.decode_response(body)
-            except (ValueError, KeyError, TypeError) as e:
-                raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
-            if not (compat and tools) and names is None and not client_req.stream:  # renamed tools are restored below
-                return _Whole(whole, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
-            events = ir.iterate(ir.response_events(whole))
-        if compat and tools:
-            events = parse_stream(events, tools)
-        elif names is not None:
-            events = names.restore(events)
-        return _Guarded(events, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
 
     async def _first_events(self, events: _Guarded, record: RequestRecord) -> list[ir.Event]:
         """Events up to the first content, so an early upstream error can still fail over."""
@@ -722,6 +761,17 @@ async def _raise_errors(events: AsyncIterator[ir.Event]) -> AsyncIterator[ir.Eve
         if isinstance(event, ir.StreamError):
             raise _stream_error(event)
         yield event
+
+
+def _default_max_tokens(config: Config, outbound: Adapter) -> int | None:
+    return config.server.default_max_tokens if outbound.requires_max_tokens else None
+
+
+def _decoded(outbound: Adapter, body: bytes, attempt: Attempt) -> ir.Response:
+    try:
+        return outbound.decode_response(body)
+    except (ValueError, KeyError, TypeError) as e:
+        raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
 
 
 def _mark_estimated(request: web.Request, record: RequestRecord) -> None:

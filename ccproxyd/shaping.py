@@ -52,9 +52,20 @@ def shape_request(req: ir.Request, group: Group, provider: Provider, alias: str,
         max_tokens = provider.max_tokens
     if max_tokens != req.max_tokens:
         changes["max_tokens"] = max_tokens
-    if group.prompt_injection != "off" and group.prompt_text and _injects_for(group, alias):
+    if _injects(group, alias):
         changes.update(_inject(req, group))
     return dataclasses.replace(req, **changes) if changes else req
+
+
+def shapes_nothing(group: Group, provider: Provider, alias: str, default_max_tokens: int | None = None) -> bool:
+    """Whether :func:`shape_request` gives every request without tools back as it is (a relayed request's
+    condition): no temperature ratio, no max_tokens cap or default, no prompt injection for ``alias``."""
+    return (group.temperature_ratio is None and provider.max_tokens is None and default_max_tokens is None
+            and not _injects(group, alias))
+
+
+def _injects(group: Group, alias: str) -> bool:
+    return group.prompt_injection != "off" and bool(group.prompt_text) and _injects_for(group, alias)
 
 
 def _injects_for(group: Group, alias: str) -> bool:

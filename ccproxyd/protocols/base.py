@@ -83,6 +83,28 @@ class StreamEncoder(ABC):
         """The protocol's mid-stream error frame; the stream ends after it."""
 
 
+class Relay(ABC):
+    """A plain client request, which an upstream of the client's own protocol gets without the unified model in
+    between (see :meth:`Adapter.relay`). It does not stream, continues no stored conversation, is not answered
+    locally, and has no tools, tool calls, images or files: the steps of the general path that read those have
+    nothing to do. What it gives is byte for byte what the general path would (tests/test_relay.py)."""
+
+    model: str
+
+    @abstractmethod
+    def request(self) -> ir.Request:
+        """The request decoded, as ``decode_request`` gives it: for what the relay does not cover."""
+
+    @abstractmethod
+    def call(self, target: UpstreamTarget) -> UpstreamCall:
+        """``encode_request``'s call for :meth:`request` when shaping changes nothing."""
+
+    @abstractmethod
+    def answer(self, body: bytes) -> tuple[dict[str, Any], ir.Usage] | None:
+        """The client's answer to the upstream's whole ``body`` and its usage; None when the body is not a plain
+        answer with the token counts in it (then the general path reads it, and fills in or refuses)."""
+
+
 class Adapter(ABC):
     name: ClassVar[str]
     # Upstreams that cannot fetch image URLs themselves: the dispatcher inlines them first.
@@ -105,6 +127,11 @@ class Adapter(ABC):
     @abstractmethod
     def encode_response(self, resp: ir.Response, req: ir.Request) -> dict[str, Any]:
         """IR response → the client's JSON body. ``req`` is the client's own request."""
+
+    def relay(self, body: dict[str, Any], route: Route, headers: Mapping[str, str]) -> Relay | None:
+        """The request as a :class:`Relay` when it is plain enough to go to an upstream of this protocol
+        as it came; None for every other (the general path decodes it, and refuses what is wrong)."""
+        return None
 
     @abstractmethod
     def stream_encoder(self, req: ir.Request, route: Route) -> StreamEncoder: ...

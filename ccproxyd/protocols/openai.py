@@ -14,9 +14,9 @@ from ..ir_embed import EmbedRequest, EmbedResponse
 from ..paths import Route
 from ..streams import SSEDecoder, SSEEvent, close_chunks, sse_frame
 from . import carry, files, openai_completions, openai_embed
-from .base import Adapter, ModelInfo, StreamEncoder, UpstreamCall, UpstreamTarget, bearer_headers
+from .base import Adapter, ModelInfo, Relay, StreamEncoder, UpstreamCall, UpstreamTarget, bearer_headers
 from ..toolnames import ToolNameRule
-from .fields import check, image_from_url, integer, number, opt, req, string_list
+from .fields import INT64_MAX, INT64_MIN, check, image_from_url, integer, number, opt, req, string_list
 
 FINISH_FROM_OPENAI: dict[str, ir.FinishReason] = {
     "stop": "stop",
@@ -288,6 +288,18 @@ def _usage_to_openai(usage: ir.Usage) -> dict[str, Any]:
     }
 
 
+def _answer(model: str, message: dict[str, Any], reason: ir.FinishReason, usage: ir.Usage) -> dict[str, Any]:
+    """A chat.completion object: a new id, this second, one choice."""
+    return {
+        "id": "chatcmpl-" + ir.random_hex(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": FINISH_TO_OPENAI[reason]}],
+        "usage": _usage_to_openai(usage),
+    }
+
+
 def _finish(raw: str | None, saw_tool_call: bool) -> ir.Finish:
     reason = FINISH_FROM_OPENAI.get(raw or "", "other" if raw else "stop")
     if saw_tool_call and reason == "stop":
@@ -533,14 +545,13 @@ class OpenAIAdapter(Adapter):
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": orjson.dumps(c.arguments).decode()}}
                 for c in calls
             ]
-        return {
-            "id": "chatcmpl-" + ir.random_hex(),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": request.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": FINISH_TO_OPENAI[resp.finish.reason]}],
-            "usage": _usage_to_openai(resp.usage),
-        }
+        return _answer(request.model, message, resp.finish.reason, resp.usage)
+
+    def relay(self, body: dict[str, Any], route: Route, headers: Mapping[str, str]) -> Relay | None:
+        if route.action != "chat":
+            return None
+        fields = _plain_fields(body)
+        return PlainChat(self, body, route, headers, fields) if fields is not None else None
 
     def stream_encoder(self, request: ir.Request, route: Route) -> StreamEncoder:
         return CompletionStreamEncoder(request) if request.completion is not None else OpenAIStreamEncoder(request)
@@ -607,10 +618,7 @@ class OpenAIAdapter(Adapter):
             body["stream"] = True
             if provider.stream_usage:
                 body["stream_options"] = {"include_usage": True}
-        headers = {"content-type": "application/json"}
-        if target.api_key:
-            headers["authorization"] = f"Bearer {target.api_key}"
-        return UpstreamCall(f"{provider.base_url}/chat/completions", headers, body, request.stream)
+        return UpstreamCall(f"{provider.base_url}/chat/completions", bearer_headers(target.api_key), body, request.stream)
 
     def streams_usage(self, provider: Provider) -> bool:
         return provider.stream_usage  # only then is the upstream asked for it
@@ -730,3 +738,141 @@ class OpenAIAdapter(Adapter):
 
 
 ADAPTER = OpenAIAdapter()
+
+
+# ---------------------------------------------------------------- the same-protocol relay
+
+# Known fields a plain request leaves out (or null): each would need the unified model.
+_NOT_PLAIN = ("tools", "tool_choice", "response_format", "reasoning_effort", "parallel_tool_calls", "functions", "function_call")
+_PLAIN_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_PLAIN_MESSAGE_KEYS = frozenset({"role", "content", "name"})  # the general path drops ``name`` but a tool's
+
+
+def _plain_int(value: Any) -> bool:
+    return type(value) is int and INT64_MIN <= value <= INT64_MAX
+
+
+def _plain_messages(raw: Any) -> list[dict[str, Any]] | None:
+    """Text messages as ``_encode_messages`` sends them once decoded: the system and developer messages before
+    any other joined into one system prompt (left out when empty), an empty user message left out, an empty
+    assistant one sent with null content. None when a message is anything else."""
+    if type(raw) is not list:
+        return None
+    prompt: list[str] = []
+    out: list[dict[str, Any]] = []
+    started = False
+    for msg in raw:
+        if type(msg) is not dict or not msg.keys() <= _PLAIN_MESSAGE_KEYS:
+            return None
+        role, content = msg.get("role"), msg.get("content")
+        if type(role) is not str or type(content) is not str or role not in _PLAIN_ROLES:
+            return None
+        role = _PLAIN_ROLES[role]
+        if role == "system":
+            if started:
+                out.append({"role": "system", "content": content})
+            elif content:
+                prompt.append(content)
+            continue
+        started = True
+        if role == "assistant":
+            out.append({"role": "assistant", "content": content or None})
+        elif content:
+            out.append({"role": "user", "content": content})
+    if prompt:
+        out.insert(0, {"role": "system", "content": "".join(prompt)})
+    return out
+
+
+def _plain_fields(body: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``encode_request`` sends after ``model`` for this body, in its order; None when the body is not
+    plain: it streams, has a field of ``_NOT_PLAIN``, a message :func:`_plain_messages` does not take, or a value
+    of a type the general path would convert or refuse."""
+    stream = body.get("stream")
+    if type(body.get("model")) is not str or (stream is not None and stream is not False):
+        return None
+    for key in _NOT_PLAIN:
+        if body.get(key) is not None:
+            return None
+    messages = _plain_messages(body.get("messages"))
+    if messages is None:
+        return None
+    fields: dict[str, Any] = {"messages": messages}
+    given = body.get("max_completion_tokens")
+    limit = given if given is not None else body.get("max_tokens")
+    if limit is not None:
+        if not _plain_int(limit):
+            return None
+        fields["max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"] = limit
+    for key in ("temperature", "top_p"):
+        value = body.get(key)
+        if value is not None:
+            if type(value) is not float and not _plain_int(value):
+                return None
+            fields[key] = float(value)
+    seed = body.get("seed")
+    if seed is not None:
+        if not _plain_int(seed):
+            return None
+        fields["seed"] = seed
+    stop = body.get("stop")
+    if type(stop) is str:
+        fields["stop"] = [stop]
+    elif type(stop) is list and all(type(s) is str for s in stop):
+        if stop:
+            fields["stop"] = list(stop)
+    elif stop is not None:
+        return None
+    for key, value in body.items():
+        if key not in _KNOWN and key != "stream_options":  # the rest goes as it came
+            fields[key] = value
+    return fields
+
+
+class PlainChat(Relay):
+    """A plain Chat Completions request to an OpenAI upstream (see :class:`Relay`). Its answer is re-encoded
+    straight from the upstream's JSON: same new id, time and fields as ``encode_response``, choices but the
+    first left out, as there."""
+
+    __slots__ = ("adapter", "body", "route", "headers", "model", "fields", "_request")
+
+    def __init__(self, adapter: OpenAIAdapter, body: dict[str, Any], route: Route, headers: Mapping[str, str], fields: dict[str, Any]) -> None:
+        self.adapter, self.body, self.route, self.headers = adapter, body, route, headers
+        self.model: str = body["model"]
+        self.fields = fields
+        self._request: ir.Request | None = None
+
+    def request(self) -> ir.Request:
+        if self._request is None:
+            self._request = self.adapter.decode_request(self.body, self.route, self.headers)
+        return self._request
+
+    def call(self, target: UpstreamTarget) -> UpstreamCall:
+        body = {"model": target.model, **self.fields}
+        return UpstreamCall(f"{target.provider.base_url}/chat/completions", bearer_headers(target.api_key), body, False)
+
+    def answer(self, body: bytes) -> tuple[dict[str, Any], ir.Usage] | None:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        choices = data.get("choices") if type(data) is dict else None
+        if type(choices) is not list or not choices or type(choices[0]) is not dict:
+            return None
+        choice = choices[0]
+        message, finish, usage = choice.get("message") or {}, choice.get("finish_reason"), data.get("usage")
+        if type(message) is not dict or message.get("tool_calls") or (finish is not None and type(finish) is not str):
+            return None
+        if any(type(message.get(f)) is str and message.get(f) for f in REASONING_FIELDS):
+            return None
+        text = choice.get("text")
+        if type(text) is str and text:  # a completion's text: rare here, left to the general path
+            return None
+        if type(usage) is not dict or type(usage.get("prompt_tokens")) is not int or type(usage.get("completion_tokens")) is not int:
+            return None
+        if any(type(usage.get(k) or {}) is not dict for k in ("prompt_tokens_details", "completion_tokens_details")):
+            return None
+        content = message.get("content")
+        counted = _usage_from_openai(usage)
+        answer = {"role": "assistant", "content": content if type(content) is str and content else None, "refusal": None}
+        return _answer(self.model, answer, _finish(finish, False).reason, counted), counted
