@@ -89,6 +89,7 @@ class Relay(ABC):
     locally, and has no tools, tool calls, images or files: the steps of the general path that read those have
     nothing to do. What it gives is byte for byte what the general path would (tests/test_relay.py)."""
 
+    __slots__ = ()
     model: str
 
     @abstractmethod
