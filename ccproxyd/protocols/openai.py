@@ -745,7 +745,7 @@ ADAPTER = OpenAIAdapter()
 # Known fields a plain request leaves out (or null): each would need the unified model.
 _NOT_PLAIN = ("tools", "tool_choice", "response_format", "reasoning_effort", "parallel_tool_calls", "functions", "function_call")
 _PLAIN_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_PLAIN_MESSAGE_KEYS = frozenset({"role", "content", "name"})  # the general path drops ``name`` but a tool's
+_PLAIN_MESSAGE_KEYS = frozenset({"role", "content", "name"})  # ``name`` is dropped on both paths (kept for tool messages only)
 
 
 def _plain_int(value: Any) -> bool:
@@ -874,5 +874,5 @@ class PlainChat(Relay):
             return None
         content = message.get("content")
         counted = _usage_from_openai(usage)
-        answer = {"role": "assistant", "content": content if type(content) is str and content else None, "refusal": None}
-        return _answer(self.model, answer, _finish(finish, False).reason, counted), counted
+        reply = {"role": "assistant", "content": content if type(content) is str and content else None, "refusal": None}
+        return _answer(self.model, reply, _finish(finish, False).reason, counted), counted
