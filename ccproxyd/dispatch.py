@@ -19,11 +19,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestPayloadError
 
 from . import conversations, ir, rules
+from .answer_events import FILLED, Guarded, Whole, count_usage, encode_events, raise_errors, stream_error
 from .compat import parse_stream, prepare_request
 from .config import Alias, Config, Group
 from .discovery import Discovery
@@ -34,21 +32,19 @@ from .errors import (
     NotFound,
     ProxyError,
     RateLimited,
-    TooLarge,
     Unavailable,
     UpstreamError,
-    UpstreamTimeout,
 )
 from .images import inline_images
 from .limits import Pacer, estimate_tokens
 from .observe import BodyLog, RequestRecord, redact_secrets
 from .paths import Route
 from .protocols import ADAPTERS
-from .protocols.base import Adapter, ModelInfo, Relay, StreamEncoder, UpstreamCall, UpstreamTarget
+from .protocols.base import Adapter, ModelInfo, Relay, UpstreamCall, UpstreamTarget
+from .request_body import read_json_body
 from .routing import Attempt, AttemptPlan, Router, bind_model, is_retryable, resolve_alias, resolve_group
 from .shaping import finish_call, shape_request, shapes_nothing, use_compat
 from .state import LocalState
-from .streams import FrameTooLarge
 from .toolnames import fit_request
 from .upstream import UpstreamClient, UpstreamResponse, limit_headers, parse_retry_after
 from .usage import ESTIMATED_HEADERS, UsageFiller
@@ -62,61 +58,6 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 ALIAS_HEADER = "x-ccproxy-alias"  # names the alias itself, bypassing the group's routing rules
 # Headers for whatever response the client gets (success, stream or error): the upstream's rate-limit headers, x-ccproxy-usage.
 CLIENT_HEADERS = web.RequestKey("ccproxyd_client_headers", dict)
-
-
-async def read_json_body(request: web.Request, limit: int, max_depth: int = 64) -> dict[str, Any]:
-    """The body as a JSON object, refused early when it is over ``limit`` bytes and when it
-    nests deeper than ``max_depth`` (such values could not even be encoded for the upstream)."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise TooLarge(f"request body is {length} bytes; the limit is {limit}")
-    try:
-        if length is not None and "Content-Encoding" not in request.headers:  # the usual body: one call, its size known
-            raw = await request.content.readexactly(length) if length else b""  # (aiohttp's empty body has nothing to read)
-        else:  # chunked or compressed: its size shows only as it comes
-            raw = await _read_limited(request.content, limit)
-    except (HttpProcessingError, RequestPayloadError, asyncio.IncompleteReadError):
-        raise ClientError("request body could not be read: broken chunked framing or content encoding") from None
-    if not raw or raw.isspace():
-        raise ClientError("request body is empty; expected a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise ClientError(f"request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ClientError(f"request body must be a JSON object, got {type(body).__name__}")
-    # fewer brackets cannot nest that deep: counting them is cheaper than the walk on a short body; on a long one
-    # (a coding agent's, 80 KB) counting costs half as much as the walk, which nearly always follows
-    if (len(raw) > _COUNT_BRACKETS_UP_TO or raw.count(b"[") + raw.count(b"{") > max_depth) and _nests_deeper(body, max_depth):
-        raise ClientError(f"request body nests objects and arrays deeper than {max_depth} levels")
-    return body
-
-
-_COUNT_BRACKETS_UP_TO = 4096  # bytes of body
-
-
-async def _read_limited(content: StreamReader, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"request body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _nests_deeper(value: dict[str, Any] | list[Any], limit: int) -> bool:
-    """Whether containers nest more than ``limit`` deep; level by level, so depth costs no recursion.
-    (It visits every object and array of the body: exact type checks, which is all orjson makes, and one
-    list comprehension per level rather than a stack entry per container.)"""
-    level, depth = [value], 1
-    while level:
-        if depth > limit:
-            return True
-        depth += 1
-        level = [child for node in level for child in (node.values() if type(node) is dict else node)
-                 if type(child) is dict or type(child) is list]
-    return False
 
 
 class _PacedAttempts:
@@ -266,7 +207,7 @@ class Dispatcher:
                             events = await self._open_events(request, config, client_req, plan, attempt, outbound, compat, record, release)
                             if client_req.stream:
                                 first = await self._first_events(events, record)
-                            elif isinstance(events, _Whole):  # decoded already: no coroutine to collect it
+                            elif isinstance(events, Whole):  # decoded already: no coroutine to collect it
                                 response = self._collect_whole(events, client_req, record)
                             else:
                                 response = await self._collect(events, client_req, record)
@@ -280,7 +221,7 @@ class Dispatcher:
                             request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
                         if conversations.keeps(self.conversations, inbound, client_req):  # it watches the guarded events
                             kept = conversations.keep_stream(self.conversations, inbound, client_req, record.key_name or "", first, aiter(events))
-                            events = _Guarded(kept, config, _FILLED, catches=())
+                            events = Guarded(kept, config, FILLED, catches=())
                         return await self._stream_to_client(request, route, inbound, client_req, first, events, record, bodies,
                                                             release[0] if release else None, attempt, config.server.cooldown_max)
                     record.status = 200
@@ -336,13 +277,13 @@ class Dispatcher:
         else:
             whole = _decoded(outbound, body, attempt)
             if not (compat and tools) and names is None and not client_req.stream:  # renamed tools are restored below
-                return _Whole(whole, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
+                return Whole(whole, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
             events = ir.iterate(ir.response_events(whole))
         if compat and tools:
             events = parse_stream(events, tools)
         elif names is not None:
             events = names.restore(events)
-        return _Guarded(events, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
+        return Guarded(events, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
 
     async def _relayed(
         self, request: web.Request, config: Config, relay: Relay, attempt: Attempt, outbound: Adapter,
@@ -356,10 +297,10 @@ class Dispatcher:
         assert body is not None  # a relayed request does not stream
         answered = relay.answer(body)
         if answered is not None:
-            _count(record, answered[1])
+            count_usage(record, answered[1])
             return answered[0]
         client_req = relay.request()
-        whole = _Whole(_decoded(outbound, body, attempt), config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
+        whole = Whole(_decoded(outbound, body, attempt), config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
         return outbound.encode_response(self._collect_whole(whole, client_req, record), client_req)
 
     async def _send(
@@ -393,20 +334,20 @@ class Dispatcher:
         finally:
             record.upstream_seconds += time.monotonic() - started
 
-    async def _first_events(self, events: _Guarded, record: RequestRecord) -> list[ir.Event]:
+    async def _first_events(self, events: Guarded, record: RequestRecord) -> list[ir.Event]:
         """Events up to the first content, so an early upstream error can still fail over."""
         started = time.monotonic()
         first: list[ir.Event] = []
         source, usage = events.events, events.usage
-        while True:  # _guard's loop, done here (see _Guarded)
+        while True:  # _guard's loop, done here (see Guarded)
             try:
                 event = await anext(source)
             except StopAsyncIteration:
                 break
             except events.catches as e:
-                raise _stream_error(events.failure(e)) from None
+                raise stream_error(events.failure(e)) from None
             if isinstance(event, ir.StreamError):
-                raise _stream_error(events.redacted(event))
+                raise stream_error(events.redacted(event))
             if (extra := usage.before(event)) is not None:
                 first.append(extra)
             first.append(event)
@@ -417,7 +358,7 @@ class Dispatcher:
 
     async def _stream_to_client(
         self, request: web.Request, route: Route, inbound: Adapter, client_req: ir.Request,
-        first: list[ir.Event], events: _Guarded, record: RequestRecord, bodies: BodyLog | None,
+        first: list[ir.Event], events: Guarded, record: RequestRecord, bodies: BodyLog | None,
         upstream: UpstreamResponse | None = None, attempt: Attempt | None = None, cap: float = 0,
     ) -> web.StreamResponse:
         """The first events are written at once; after them, what one upstream read yields goes in one write."""
@@ -440,12 +381,12 @@ class Dispatcher:
         try:
             out = encoder.begin()
             for event in first:
-                _count(record, event)
+                count_usage(record, event)
                 out += encoder.encode(event)
             await write(out)
             if upstream is not None:
                 upstream.before_read = flush
-            failed = await _encode_events(events, encoder, record, pending)
+            failed = await encode_events(events, encoder, record, pending)
             if failed is None:
                 pending.append(encoder.end())
             else:
@@ -474,23 +415,23 @@ class Dispatcher:
 
     async def _collect(self, events: AsyncIterator[ir.Event], client_req: ir.Request, record: RequestRecord) -> ir.Response:
         started = time.monotonic()
-        response = await ir.collect(_raise_errors(events), client_req.model)
+        response = await ir.collect(raise_errors(events), client_req.model)
         record.upstream_seconds += time.monotonic() - started
-        _count(record, response.usage)
+        count_usage(record, response.usage)
         return response
 
     @staticmethod
-    def _collect_whole(events: _Whole, client_req: ir.Request, record: RequestRecord) -> ir.Response:
+    def _collect_whole(events: Whole, client_req: ir.Request, record: RequestRecord) -> ir.Response:
         """``_collect`` of an answer decoded whole."""
         started = time.monotonic()
         response = events.collected(client_req.model)
         record.upstream_seconds += time.monotonic() - started
-        _count(record, response.usage)
+        count_usage(record, response.usage)
         return response
 
     def _cool_on_error(self, event: ir.StreamError, attempt: Attempt, cap: float) -> None:
         """A failure after the first byte cannot fail over, but still cools its target."""
-        error = _stream_error(event)
+        error = stream_error(event)
         if is_retryable(error):
             self.router.failed(attempt, error, cap)
 
@@ -590,137 +531,6 @@ def _allowed_group(config: Config, route: Route, model: str, key_groups: tuple[s
     return group, name
 
 
-# What reading and decoding an upstream's events may raise that becomes the stream's error event.
-_READ_FAILURES = (ProxyError, FrameTooLarge, ValueError, KeyError, TypeError, AttributeError)
-
-
-class _Filled:
-    """The usage filler of events whose missing usage was filled in already."""
-
-    @staticmethod
-    def before(event: ir.Event) -> None:
-        return None
-
-
-_FILLED = _Filled()
-
-
-class _Guarded:
-    """An upstream's events as a client may see them: a failure while reading them becomes one
-    StreamError, its message free of keys, and the usage the upstream did not send is filled in.
-
-    Iterated, it gives them through :func:`_guard`. The loops every event of a stream goes through
-    (``_first_events``, ``_stream_to_client``) do what ``_guard`` does themselves, one generator layer
-    less per event (tests/test_perf_equivalence.py holds both to the same bytes)."""
-
-    __slots__ = ("events", "config", "usage", "catches")
-
-    def __init__(self, events: AsyncIterator[ir.Event], config: Config, usage: UsageFiller | _Filled,
-                 catches: tuple[type[Exception], ...] = _READ_FAILURES) -> None:
-        self.events = aiter(events)
-        self.config = config
-        self.usage = usage
-        self.catches = catches  # () for events that went through a guard already
-
-    def __aiter__(self) -> AsyncIterator[ir.Event]:
-        return _guard(self)
-
-    def redacted(self, event: ir.StreamError) -> ir.StreamError:
-        return ir.StreamError(event.kind, redact_secrets(event.message, self.config), event.status)
-
-    def failure(self, error: Exception) -> ir.StreamError:
-        """The error event for one of ``catches`` raised while reading."""
-        if isinstance(error, ProxyError):
-            return ir.StreamError(error.kind, redact_secrets(error.message, self.config), error.status)
-        if isinstance(error, FrameTooLarge):
-            return ir.StreamError("bad_gateway", str(error), 502)
-        log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(error)[:500], self.config))
-        return ir.StreamError("bad_gateway", f"upstream sent a stream that could not be read ({type(error).__name__})", 502)
-
-
-async def _encode_events(events: _Guarded, encoder: StreamEncoder, record: RequestRecord, out: list[bytes]) -> ir.StreamError | None:
-    """The rest of a stream's events encoded into ``out`` as they come, ``_guard``'s work done in this
-    loop (see _Guarded); the error event that ended the stream, if one did."""
-    source, usage = events.events, events.usage
-    while True:
-        try:
-            event = await anext(source)
-        except StopAsyncIteration:
-            return None
-        except events.catches as e:
-            return events.failure(e)
-        if isinstance(event, ir.StreamError):
-            return events.redacted(event)
-        if (extra := usage.before(event)) is not None:
-            _count(record, extra)
-            out.append(encoder.encode(extra))
-        if isinstance(event, ir.Usage):  # what the record counts: no call for the other events
-            _count(record, event)
-        data = encoder.encode(event)
-        if data:
-            out.append(data)
-
-
-async def _guard(guarded: _Guarded) -> AsyncIterator[ir.Event]:
-    """Turn failures while reading the upstream into one StreamError event, its message free of keys;
-    fill in the usage the upstream did not send (in this loop: one generator layer per event the less)."""
-    usage = guarded.usage
-    try:
-        async for event in guarded.events:
-            if isinstance(event, ir.StreamError):
-                event = guarded.redacted(event)
-            elif (extra := usage.before(event)) is not None:
-                yield extra
-            yield event
-    except guarded.catches as e:
-        yield guarded.failure(e)
-
-
-@dataclass(slots=True)
-class _Whole:
-    """A non-streamed upstream answer, decoded. ``_collect`` takes it without turning it into events and
-    collecting them again (``collected`` gives what that would, tests/test_perf_equivalence.py runs both);
-    iterated, it gives those events through the same chain as any other answer."""
-
-    response: ir.Response
-    config: Config
-    usage: UsageFiller
-
-    def __aiter__(self) -> AsyncIterator[ir.Event]:
-        return aiter(_Guarded(ir.iterate(ir.response_events(self.response)), self.config, self.usage))
-
-    def collected(self, model: str) -> ir.Response:
-        """``ir.collect`` of ``ir.response_events(response)`` with the missing usage filled in, folded directly."""
-        resp, parts, chars = self.response, [], 0
-        try:
-            for part in resp.parts:
-                if isinstance(part, ir.Text):
-                    if part.text:  # an empty text opens no block
-                        parts.append(ir.Text(part.text, part.provider_metadata))
-                        chars += len(part.text)
-                elif isinstance(part, ir.Reasoning):
-                    if part.redacted is not None:
-                        parts.append(ir.Reasoning(redacted=part.redacted))
-                        continue
-                    parts.append(ir.Reasoning(part.text or "", part.signature or None, provider_metadata=part.provider_metadata))
-                    chars += len(part.text or "")
-                elif isinstance(part, ir.ToolCall):
-                    arguments = orjson.dumps(part.arguments).decode()
-                    parts.append(ir.ToolCall(part.id, part.name, ir.parse_arguments(arguments), part.provider_metadata))
-                    chars += len(part.name) + len(arguments)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:  # as _guard would have turned it into an error
-            log.warning("upstream stream could not be decoded: %s", redact_secrets(repr(e)[:500], self.config))
-            raise BadGateway(f"upstream sent a stream that could not be read ({type(e).__name__})") from None
-        filler = self.usage
-        filler.chars += chars
-        filler.before(resp.usage)
-        usage = filler.usage  # what collecting the one Usage event gives: a fresh Usage().merge(resp.usage)
-        extra = filler.before(ir.Finished(resp.finish))
-        if extra is not None:
-            usage = usage.merge(extra)
-        return ir.Response(resp.id or "", resp.model or model, parts, resp.finish, usage)
-
-
 def _teed(resp: web.StreamResponse, sent: list[bytes]) -> Callable[[bytes], Awaitable[None]]:
     """``resp.write`` that also keeps what it sent (up to the body log's limit)."""
     kept = 0
@@ -747,22 +557,6 @@ def _is_error_body(body: bytes) -> bool:
     return isinstance(data, dict) and "error" in data
 
 
-def _stream_error(event: ir.StreamError) -> ProxyError:
-    """A stream's error event as the exception it stands for, so a stalled stream counts as a timeout."""
-    if event.kind == "timeout":
-        return UpstreamTimeout(event.message)
-    if event.kind == "bad_gateway" and event.status == 502:
-        return BadGateway(event.message)
-    return UpstreamError(event.status, event.kind, event.message)
-
-
-async def _raise_errors(events: AsyncIterator[ir.Event]) -> AsyncIterator[ir.Event]:
-    async for event in events:
-        if isinstance(event, ir.StreamError):
-            raise _stream_error(event)
-        yield event
-
-
 def _default_max_tokens(config: Config, outbound: Adapter) -> int | None:
     return config.server.default_max_tokens if outbound.requires_max_tokens else None
 
@@ -777,11 +571,3 @@ def _decoded(outbound: Adapter, body: bytes, attempt: Attempt) -> ir.Response:
 def _mark_estimated(request: web.Request, record: RequestRecord) -> None:
     record.usage_estimated = True
     request[CLIENT_HEADERS].update(ESTIMATED_HEADERS)
-
-
-def _count(record: RequestRecord, event: ir.Event) -> None:
-    if isinstance(event, ir.Usage):
-        record.input_tokens = event.input_tokens if event.input_tokens is not None else record.input_tokens
-        record.output_tokens = event.output_tokens if event.output_tokens is not None else record.output_tokens
-        record.cached_tokens = event.cached_input_tokens if event.cached_input_tokens is not None else record.cached_tokens
-        record.reasoning_tokens = event.reasoning_tokens if event.reasoning_tokens is not None else record.reasoning_tokens

@@ -16,7 +16,8 @@ import orjson
 from aiohttp import web
 
 from .config import Config
-from .dispatch import Dispatcher, read_json_body
+from .dispatch import Dispatcher
+from .request_body import read_json_body
 from .errors import BadGateway, ClientError, ProxyError
 from .ir_embed import EmbedRequest, EmbedResponse, join
 from .observe import RequestRecord, redact_secrets

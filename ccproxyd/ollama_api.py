@@ -16,7 +16,8 @@ import orjson
 from aiohttp import web
 
 from .config import Config
-from .dispatch import Dispatcher, _allowed_group as allowed_group, read_json_body
+from .dispatch import Dispatcher, _allowed_group as allowed_group
+from .request_body import read_json_body
 from .errors import ClientError, Forbidden, NotFound
 from .paths import Route
 from .protocols.ollama import models

@@ -199,7 +199,7 @@ def test_a_body_with_few_brackets_is_never_too_deep(body: dict, limit: int) -> N
     """read_json_body walks the body only when it has more brackets than the depth limit: with fewer it cannot nest deeper."""
     import orjson
 
-    from ccproxyd.dispatch import _nests_deeper
+    from ccproxyd.request_body import _nests_deeper
 
     raw = orjson.dumps(body)
     if raw.count(b"[") + raw.count(b"{") <= limit:
@@ -231,7 +231,7 @@ def test_the_depth_walk_answers_as_it_did(body: dict | list, limit: int) -> None
     """The faster walk (exact type checks, as orjson makes them) on generated bodies, empty containers at the limit included."""
     import orjson
 
-    from ccproxyd.dispatch import _nests_deeper
+    from ccproxyd.request_body import _nests_deeper
 
     parsed = orjson.loads(orjson.dumps(body))  # the walk sees what read_json_body's orjson.loads made
     assert _nests_deeper(parsed, limit) == _nests_deeper_before(parsed, limit)
@@ -278,7 +278,7 @@ def test_no_other_letter_lowercases_to_a_limit_headers_first_letter() -> None:
 
 
 def test_an_empty_array_one_level_too_deep_is_too_deep() -> None:
-    from ccproxyd.dispatch import _nests_deeper
+    from ccproxyd.request_body import _nests_deeper
 
     assert _nests_deeper({"a": [[]]}, 2) and not _nests_deeper({"a": [[]]}, 3) and not _nests_deeper({"a": [1]}, 2)
 
@@ -337,7 +337,7 @@ def test_limit_windows_are_the_calendars(times: list[float]) -> None:
 
 from ccproxyd import ir  # noqa: E402
 from ccproxyd.config import parse_config  # noqa: E402
-from ccproxyd.dispatch import _Guarded, _raise_errors, _Whole  # noqa: E402
+from ccproxyd.answer_events import Guarded, Whole, raise_errors  # noqa: E402
 from ccproxyd.paths import parse_path  # noqa: E402
 from ccproxyd.usage import UsageFiller  # noqa: E402
 
@@ -377,9 +377,9 @@ async def _both_ways(resp: ir.Response, client_req: ir.Request) -> tuple[ir.Resp
     def filler(i: int) -> UsageFiller:
         return UsageFiller(client_req, lambda: marks.__setitem__(i, marks[i] + 1))
 
-    general = await ir.collect(_raise_errors(aiter(_Guarded(ir.iterate(ir.response_events(copy.deepcopy(resp))), _CONFIG, filler(0)))),
+    general = await ir.collect(raise_errors(aiter(Guarded(ir.iterate(ir.response_events(copy.deepcopy(resp))), _CONFIG, filler(0)))),
                                 client_req.model)
-    whole = _Whole(copy.deepcopy(resp), _CONFIG, filler(1)).collected(client_req.model)
+    whole = Whole(copy.deepcopy(resp), _CONFIG, filler(1)).collected(client_req.model)
     return general, marks[0], whole, marks[1]
 
 
@@ -446,7 +446,8 @@ def test_field_checks_decide_as_the_full_rule(value, kinds) -> None:
 
 # ---------------------------------------------------------------- a stream's guard, done in the loops that take its events
 
-from ccproxyd.dispatch import Dispatcher, _count, _encode_events, _stream_error  # noqa: E402
+from ccproxyd.answer_events import count_usage, encode_events, stream_error  # noqa: E402
+from ccproxyd.dispatch import Dispatcher  # noqa: E402
 from ccproxyd.errors import ProxyError, UpstreamTimeout  # noqa: E402
 from ccproxyd.observe import RequestRecord  # noqa: E402
 from ccproxyd.routing import Router  # noqa: E402
@@ -470,7 +471,7 @@ async def _stream_both_ways(resp: ir.Response, failure: object, at: int, protoco
     results = []
     for folded in (False, True):
         marks = [0]
-        guarded = _Guarded(_upstream(list(ir.response_events(resp)), failure, at), _CONFIG,
+        guarded = Guarded(_upstream(list(ir.response_events(resp)), failure, at), _CONFIG,
                            UsageFiller(client_req, lambda: marks.__setitem__(0, marks[0] + 1)))
         record = RequestRecord("r")
         encoder = ADAPTERS[protocol].stream_encoder(client_req, route)
@@ -479,13 +480,13 @@ async def _stream_both_ways(resp: ir.Response, failure: object, at: int, protoco
         try:
             if folded:
                 first = await Dispatcher._first_events(Dispatcher(Router(), None), guarded, record)  # type: ignore[arg-type]
-                failed = await _encode_events(guarded, encoder, record, out)
+                failed = await encode_events(guarded, encoder, record, out)
             else:  # the loops as they were, over _guard's generator
                 events = aiter(guarded)
                 first = []
                 async for event in events:
                     if isinstance(event, ir.StreamError):
-                        raise _stream_error(event)
+                        raise stream_error(event)
                     first.append(event)
                     if not isinstance(event, (ir.ResponseStart, ir.Usage)):
                         break
@@ -493,7 +494,7 @@ async def _stream_both_ways(resp: ir.Response, failure: object, at: int, protoco
                     if isinstance(event, ir.StreamError):
                         failed = event
                         break
-                    _count(record, event)
+                    count_usage(record, event)
                     data = encoder.encode(event)
                     if data:
                         out.append(data)

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ccproxyd import ir
 from ccproxyd.config import parse_config
-from ccproxyd.dispatch import _Whole
+from ccproxyd.answer_events import Whole
 from ccproxyd.paths import Route
 from ccproxyd.protocols import ADAPTERS
 from ccproxyd.protocols import openai as openai_protocol
@@ -208,11 +208,11 @@ def _usage_counts(usage: ir.Usage) -> tuple[Any, ...]:
 
 
 def general_answer(client_req: ir.Request, body: bytes) -> tuple[bytes, tuple[Any, ...]] | str:
-    """The general path's answer to an upstream's whole body (``_open_events``' ``_Whole``, collected and
+    """The general path's answer to an upstream's whole body (``_open_events``' ``Whole``, collected and
     encoded) and the usage counted from it, or why it is not one: an error, or usage it had to estimate."""
     estimated: list[bool] = []
     try:
-        whole = _Whole(ADAPTER.decode_response(body), _CONFIG, UsageFiller(client_req, lambda: estimated.append(True)))
+        whole = Whole(ADAPTER.decode_response(body), _CONFIG, UsageFiller(client_req, lambda: estimated.append(True)))
         response = whole.collected(client_req.model)
         answer = orjson.dumps(ADAPTER.encode_response(response, client_req))
     except Exception as e:  # noqa: BLE001 - whatever the general path raises, the relay must have declined
