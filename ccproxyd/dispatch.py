@@ -277,13 +277,13 @@ class Dispatcher:
         else:
             whole = _decoded(outbound, body, attempt)
             if not (compat and tools) and names is None and not client_req.stream:  # renamed tools are restored below
-                return Whole(whole, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
+                return Whole(whole, config, _usage_filler(client_req, request, record))
             events = ir.iterate(ir.response_events(whole))
         if compat and tools:
             events = parse_stream(events, tools)
         elif names is not None:
             events = names.restore(events)
-        return Guarded(events, config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
+        return Guarded(events, config, _usage_filler(client_req, request, record))
 
     async def _relayed(
         self, request: web.Request, config: Config, relay: Relay, attempt: Attempt, outbound: Adapter,
@@ -300,7 +300,7 @@ class Dispatcher:
             count_usage(record, answered[1])
             return answered[0]
         client_req = relay.request()
-        whole = Whole(_decoded(outbound, body, attempt), config, UsageFiller(client_req, partial(_mark_estimated, request, record)))
+        whole = Whole(_decoded(outbound, body, attempt), config, _usage_filler(client_req, request, record))
         return outbound.encode_response(self._collect_whole(whole, client_req, record), client_req)
 
     async def _send(
@@ -566,6 +566,11 @@ def _decoded(outbound: Adapter, body: bytes, attempt: Attempt) -> ir.Response:
         return outbound.decode_response(body)
     except (ValueError, KeyError, TypeError) as e:
         raise BadGateway(f"{attempt.provider.name} sent a response that could not be read: {e}") from None
+
+
+def _usage_filler(client_req: ir.Request, request: web.Request, record: RequestRecord) -> UsageFiller:
+    """Fills in the usage an upstream leaves out, and says so on the record and in the client's headers."""
+    return UsageFiller(client_req, partial(_mark_estimated, request, record))
 
 
 def _mark_estimated(request: web.Request, record: RequestRecord) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -224,7 +225,7 @@ def general_answer(client_req: ir.Request, body: bytes) -> tuple[bytes, tuple[An
 def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     """The answer's new id and creation time made the same on both paths."""
     monkeypatch.setattr(ir, "random_hex", lambda chars=32: "0" * chars)
-    monkeypatch.setattr(openai_protocol.time, "time", lambda: 1796000000.5)
+    monkeypatch.setattr(openai_protocol, "time", SimpleNamespace(time=lambda: 1796000000.5))  # this module's clock only
 
 
 def test_relayed_answers_are_the_general_paths_bytes(fixed_ids: None) -> None:
