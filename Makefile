@@ -94,11 +94,12 @@ bench: $(BENCH_STAMP)
 bench-cpu: $(BENCH_STAMP)
 	$(BIN)/python -m bench.cpu --features $(BENCH_CPU_ARGS)
 
-# Hostile client input, longer than CI runs it (tests/test_fuzz_inbound.py): FUZZ_EXAMPLES per fuzz test, random seeds.
+# Hostile client input, longer than CI runs it (tests/test_fuzz_inbound.py): FUZZ_EXAMPLES per fuzz test, random seeds;
+# and the relay's equivalence with the general path (tests/test_relay.py) on 100 × FUZZ_EXAMPLES generated cases.
 FUZZ_EXAMPLES ?= 2000
 
 fuzz: $(STAMP)
-	CCPROXY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_fuzz_inbound.py $(PYTEST_ARGS)
+	CCPROXY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/test_fuzz_inbound.py tests/test_relay.py $(PYTEST_ARGS)
 
 # The full soak (tests/test_soak.py): SOAK_CLIENTS concurrent clients for SOAK_SECONDS; CI runs a short one.
 SOAK_SECONDS ?= 60
